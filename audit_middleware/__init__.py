@@ -1,0 +1,63 @@
+"""Audit logs for B2B SaaS: ``app = AuditMiddleware(app)`` turns requests into audit events.
+
+Capture happens here; delivery lives in the ``exporters`` package.
+"""
+
+from audit_middleware._asgi import AuditMiddleware
+from audit_middleware._auditor import Auditor, get_default_auditor, record
+from audit_middleware._client_ip import ProxyTrust
+from audit_middleware._config import ENV, AuditConfig, AuditConfigError
+from audit_middleware._context import (
+    add_metadata,
+    set_action,
+    set_actor,
+    set_org,
+    set_target,
+    skip_audit,
+)
+from audit_middleware._event import (
+    SCHEMA_VERSION,
+    Actor,
+    AuditEvent,
+    ClientInfo,
+    ErrorInfo,
+    RequestInfo,
+    Target,
+)
+from audit_middleware._export import Exporter, ExportResult
+from audit_middleware._pipeline import ExporterStats, PipelineStats
+from audit_middleware._rules import Rule
+from audit_middleware._schema import load_schema, schema_path
+from audit_middleware._version import __version__
+
+__all__ = [
+    "ENV",
+    "SCHEMA_VERSION",
+    "Actor",
+    "AuditConfig",
+    "AuditConfigError",
+    "AuditEvent",
+    "AuditMiddleware",
+    "Auditor",
+    "ClientInfo",
+    "ErrorInfo",
+    "ExportResult",
+    "Exporter",
+    "ExporterStats",
+    "PipelineStats",
+    "ProxyTrust",
+    "RequestInfo",
+    "Rule",
+    "Target",
+    "__version__",
+    "add_metadata",
+    "get_default_auditor",
+    "load_schema",
+    "record",
+    "schema_path",
+    "set_action",
+    "set_actor",
+    "set_org",
+    "set_target",
+    "skip_audit",
+]

@@ -1,0 +1,115 @@
+"""Pure ASGI middleware: protocol glue only; capture logic lives in the Auditor.
+
+Non-HTTP scopes pass through untouched (lifespan messages are only observed, to flush on
+shutdown). Responses stream through unbuffered. Per-request state stays in locals and one
+:class:`RequestContext`, never on ``self``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from time import perf_counter_ns, time_ns
+from typing import Any
+
+from audit_middleware._auditor import Auditor
+from audit_middleware._context import RequestContext, _current
+from audit_middleware._builder import MAX_RESPONSE_BODY
+from audit_middleware._warn import logger, warn_limited
+
+__all__ = ["AuditMiddleware"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class AuditMiddleware:
+    """Wrap any ASGI app: ``app = AuditMiddleware(app)``.
+
+    Pass an ``auditor`` to share one between apps, or keyword arguments of :class:`Auditor`
+    (``rules=...``, ``exporters=...``, ...); anything not given comes from ``AUDIT_LOG_*``.
+    """
+
+    def __init__(self, app: ASGIApp, *, auditor: Auditor | None = None, **options: Any) -> None:
+        if auditor is not None and options:
+            raise TypeError("pass either an auditor or Auditor keyword arguments, not both")
+        self.app = app
+        self.auditor = auditor if auditor is not None else Auditor(**options)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope_type = scope["type"]
+        auditor = self.auditor
+        if scope_type != "http" or not auditor.enabled:
+            if scope_type == "lifespan":
+                await self.app(scope, receive, self._lifespan_send(send))
+            else:
+                await self.app(scope, receive, send)
+            return
+
+        ctx = RequestContext(auditor, scope, "asgi", time_ns())
+        start = perf_counter_ns()
+        rules = auditor.rules
+        method = scope["method"]
+        keep_body = method in rules.body_methods
+        keep_headers = keep_body or method in rules.response_header_methods
+
+        async def audit_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                ctx.status = message["status"]
+                if keep_headers:
+                    ctx.response_headers = message.get("headers")
+                await send(message)
+            elif message["type"] == "http.response.body":
+                if keep_body:
+                    _keep_chunk(ctx, message.get("body", b""))
+                await send(message)
+                if not message.get("more_body", False):
+                    ctx.duration_ns = perf_counter_ns() - start
+                    ctx.completed = not ctx.disconnected
+            else:
+                await send(message)
+
+        async def audit_receive() -> Message:
+            message = await receive()
+            if message["type"] == "http.disconnect" and not ctx.duration_ns:
+                ctx.disconnected = True
+            return message
+
+        token = _current.set(ctx)
+        try:
+            await self.app(scope, audit_receive, audit_send)
+        except BaseException as exc:
+            ctx.error_type = type(exc).__qualname__
+            raise
+        finally:
+            _current.reset(token)
+            if not ctx.duration_ns:
+                ctx.duration_ns = perf_counter_ns() - start
+            try:
+                auditor.submit_request(ctx)
+            except Exception:
+                warn_limited("capture", "could not capture an audit event; request unaffected")
+                logger.debug("capture error", exc_info=True)
+
+    def _lifespan_send(self, send: Send) -> Send:
+        auditor = self.auditor
+
+        async def lifespan_send(message: Message) -> None:
+            if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                # Server shutdown, not a request: a bounded wait for delivery is acceptable.
+                if not auditor.force_flush():
+                    logger.warning("audit events not confirmed delivered at lifespan shutdown")
+            await send(message)
+
+        return lifespan_send
+
+
+def _keep_chunk(ctx: RequestContext, chunk: bytes) -> None:
+    """Keep a bounded copy (by reference) of the response body for ``response.*`` sources."""
+    kept = ctx.response_body
+    if kept is None:
+        kept = ctx.response_body = []
+    if chunk and sum(map(len, kept)) <= MAX_RESPONSE_BODY:
+        kept.append(chunk)  # stops once over the cap; the builder then ignores the body

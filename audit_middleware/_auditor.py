@@ -1,0 +1,250 @@
+"""The Auditor: configuration, resolvers, event builder and delivery pipeline in one object."""
+
+from __future__ import annotations
+
+import time
+from types import EllipsisType
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from audit_middleware import _hooks
+from audit_middleware._builder import EventBuilder, ExplicitRecord
+from audit_middleware._client_ip import ProxyTrust
+from audit_middleware._config import AuditConfig, IpPrivacy, OverflowPolicy
+from audit_middleware._context import RequestContext, current_context, org_was_set
+from audit_middleware._event import ANONYMOUS, OUTCOMES, Actor, AuditEvent, Outcome, Target
+from audit_middleware._export import Exporter
+from audit_middleware._pipeline import DeliveryPipeline, PipelineStats
+from audit_middleware._rules import Rule, RuleSet, UnmatchedPolicy, is_valid_action
+from audit_middleware._sanitize import Redactor
+from audit_middleware._warn import logger, warn_limited
+from audit_middleware.resolvers import ActorResolver, OrgResolver, scope_user_actor, scope_user_org
+
+__all__ = ["Auditor", "get_default_auditor", "record"]
+
+_default: Auditor | None = None
+
+
+class Auditor:
+    """Captures, builds and delivers audit events. One per application (or shared by several).
+
+    Every keyword argument left as None falls back to its ``AUDIT_LOG_*`` environment variable,
+    then to the default (see the README's configuration table).
+    """
+
+    def __init__(
+        self,
+        *,
+        rules: Iterable[Rule] | None = None,
+        exporters: Sequence[Exporter | str] | None = None,
+        actor_resolvers: Sequence[ActorResolver] | None = None,
+        org_resolvers: Sequence[OrgResolver] | None = None,
+        enabled: bool | None = None,
+        unmatched: UnmatchedPolicy | None = None,
+        trusted_proxies: ProxyTrust | str | None = None,
+        forwarded_header: str | None = None,
+        ip_privacy: IpPrivacy | None = None,
+        user_agent_max_length: int | None = None,
+        headers: Sequence[str] | None = None,
+        redact_keys: Sequence[str] | None = None,
+        org_params: Sequence[str] | None = None,
+        queue_size: int | None = None,
+        overflow: OverflowPolicy | None = None,
+        batch_size: int | None = None,
+        batch_interval: float | None = None,
+        export_retries: int | None = None,
+        shutdown_timeout: float | None = None,
+        log_output: str | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        global _default
+        overrides: dict[str, object] = {
+            "enabled": enabled,
+            "unmatched": unmatched,
+            "trusted_proxies": trusted_proxies,
+            "forwarded_header": forwarded_header,
+            "ip_privacy": ip_privacy,
+            "user_agent_max_length": user_agent_max_length,
+            "headers": headers,
+            "redact_keys": redact_keys,
+            "org_params": org_params,
+            "queue_size": queue_size,
+            "overflow": overflow,
+            "batch_size": batch_size,
+            "batch_interval": batch_interval,
+            "export_retries": export_retries,
+            "shutdown_timeout": shutdown_timeout,
+            "log_output": log_output,
+        }
+        if exporters is not None:
+            overrides["exporters"] = tuple(e for e in exporters if isinstance(e, str))
+        self.config = config = AuditConfig.resolve(overrides, environ)
+        self.rules = RuleSet(rules or (), config.unmatched)
+        self.redactor = Redactor(extra_secret_keys=config.redact_keys, header_allowlist=config.headers)
+        self.actor_resolvers: tuple[ActorResolver, ...] = tuple(
+            (scope_user_actor,) if actor_resolvers is None else actor_resolvers
+        )
+        self.org_resolvers: tuple[OrgResolver, ...] = tuple(
+            (scope_user_org,) if org_resolvers is None else org_resolvers
+        )
+        self.builder = EventBuilder(config, self.rules, self.redactor)
+        self.exporters = _make_exporters(exporters, config)
+        self.pipeline = DeliveryPipeline(
+            self.exporters,
+            self.builder.build,
+            queue_size=config.queue_size,
+            overflow=config.overflow,
+            batch_size=config.batch_size,
+            batch_interval=config.batch_interval,
+            export_retries=config.export_retries,
+            shutdown_timeout=config.shutdown_timeout,
+            on_built=_notify_observers,
+        )
+        self.enabled = config.enabled
+        _default = self
+
+    # -- request path ---------------------------------------------------------------------------
+
+    def submit_request(self, ctx: RequestContext) -> None:
+        """Called by the middleware once a request ended: resolve the actor, then enqueue."""
+        if ctx.skip or (ctx.action is None and not self.rules.may_audit(ctx.scope["method"])):
+            return
+        self._resolve(ctx)
+        self._submit(ctx)
+
+    def _resolve(self, ctx: RequestContext) -> None:
+        scope = ctx.scope
+        if ctx.actor is None:
+            for actor_resolver in self.actor_resolvers:
+                try:
+                    ctx.resolved_actor = actor_resolver(scope)
+                except Exception:
+                    warn_limited("actor-resolver", "audit actor resolver %r raised", actor_resolver)
+                    logger.debug("actor resolver error", exc_info=True)
+                    continue
+                if ctx.resolved_actor is not None:
+                    break
+        if not org_was_set(ctx):
+            for org_resolver in self.org_resolvers:
+                try:
+                    ctx.resolved_org = org_resolver(scope)
+                except Exception:
+                    warn_limited("org-resolver", "audit org resolver %r raised", org_resolver)
+                    logger.debug("org resolver error", exc_info=True)
+                    continue
+                if ctx.resolved_org is not None:
+                    break
+
+    def _submit(self, item: object) -> None:
+        hooks = _hooks.state
+        if hooks.inline:
+            event = self.builder.build(item)
+            if event is None:
+                return
+            _hooks.notify(event)
+            if hooks.suppress_delivery:
+                return
+            item = event
+        self.pipeline.submit(item)
+
+    # -- explicit events ------------------------------------------------------------------------
+
+    def record(
+        self,
+        action: str,
+        *,
+        actor: Actor | None = None,
+        target: Target | None = None,
+        org_id: str | None | EllipsisType = ...,
+        outcome: Outcome = "success",
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record an event that no single request outcome describes (never blocks on I/O).
+
+        Inside a request, the actor, org, client and request details default to that request's.
+        """
+        if not is_valid_action(action):
+            raise ValueError(f"invalid action {action!r}: expected lowercase noun.verb[.qualifier]")
+        if outcome not in OUTCOMES:
+            raise ValueError(f"outcome must be one of {OUTCOMES}, got {outcome!r}")
+        if not self.enabled:
+            return
+        ctx = current_context()
+        if ctx is not None and (actor is None or org_id is ...):
+            self._resolve(ctx)
+        if actor is None:
+            actor = (ctx and (ctx.actor or ctx.resolved_actor)) or ANONYMOUS
+        if org_id is ...:
+            org_id = None
+            if ctx is not None:
+                org_id = ctx.org_id if org_was_set(ctx) else self._org_from_context(ctx)
+        self._submit(
+            ExplicitRecord(
+                action=action,
+                outcome=outcome,
+                actor=actor,
+                target=target,
+                org_id=org_id,
+                metadata=dict(metadata or {}),
+                occurred_ns=time.time_ns(),
+                context=ctx,
+            )
+        )
+
+    def _org_from_context(self, ctx: RequestContext) -> str | None:
+        params = ctx.scope.get("path_params") or {}
+        for name in self.config.org_params:
+            if params.get(name):
+                return str(params[name])
+        return ctx.resolved_org
+
+    # -- control --------------------------------------------------------------------------------
+
+    def force_flush(self, timeout: float | None = None) -> bool:
+        """Deliver everything recorded so far; True only if every exporter confirmed it."""
+        return self.pipeline.force_flush(timeout)
+
+    def shutdown(self, timeout: float | None = None) -> bool:
+        """Flush and stop; later events are counted as dropped. Called at interpreter exit."""
+        return self.pipeline.shutdown(timeout)
+
+    def stats(self) -> PipelineStats:
+        """Delivery counters: queued, processed and every kind of drop, per exporter."""
+        return self.pipeline.stats()
+
+
+def _notify_observers(event: AuditEvent) -> None:
+    try:
+        _hooks.notify(event)
+    except Exception:
+        logger.exception("audit event observer raised")
+
+
+def _make_exporters(given: Sequence[Exporter | str] | None, config: AuditConfig) -> list[Exporter]:
+    from exporters import create_exporter  # exporters depend on the event model, not vice versa
+
+    if given is None:
+        return [create_exporter(name, config) for name in config.exporters]
+    return [create_exporter(e, config) if isinstance(e, str) else e for e in given]
+
+
+def get_default_auditor() -> Auditor:
+    """The most recently created Auditor, or a new one configured from the environment."""
+    return _default if _default is not None else Auditor()
+
+
+def record(
+    action: str,
+    *,
+    actor: Actor | None = None,
+    target: Target | None = None,
+    org_id: str | None | EllipsisType = ...,
+    outcome: Outcome = "success",
+    metadata: Mapping[str, Any] | None = None,
+) -> None:
+    """Record an explicit event with the current request's auditor (or the default one)."""
+    ctx = current_context()
+    auditor = ctx.auditor if ctx is not None else get_default_auditor()
+    auditor.record(
+        action, actor=actor, target=target, org_id=org_id, outcome=outcome, metadata=metadata
+    )

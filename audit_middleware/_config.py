@@ -1,0 +1,223 @@
+"""Configuration: keyword arguments, then ``AUDIT_LOG_*`` environment variables, then defaults.
+
+Every environment variable the library reads is named in this module (``ENV``), resolved once
+when an :class:`~audit_middleware.Auditor` is built. A bad keyword raises ``ValueError`` or
+``TypeError``; a bad environment value raises :class:`AuditConfigError` naming the variable.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Final, Literal, TypeVar, cast
+
+from audit_middleware._client_ip import ProxyTrust
+from audit_middleware._rules import UNMATCHED_POLICIES, UnmatchedPolicy
+
+__all__ = ["ENV", "AuditConfig", "AuditConfigError", "OverflowPolicy", "IpPrivacy"]
+
+OverflowPolicy = Literal["drop_newest", "drop_oldest"]
+IpPrivacy = Literal["full", "truncate", "omit"]
+OVERFLOW_POLICIES: Final[tuple[OverflowPolicy, ...]] = ("drop_newest", "drop_oldest")
+IP_PRIVACY_MODES: Final[tuple[IpPrivacy, ...]] = ("full", "truncate", "omit")
+
+#: Every environment variable, with its default as written in the environment.
+ENV: Final[Mapping[str, str]] = {
+    "AUDIT_LOG_ENABLED": "true",
+    "AUDIT_LOG_EXPORTERS": "log",
+    "AUDIT_LOG_LOG_OUTPUT": "stdout",
+    "AUDIT_LOG_UNMATCHED": "state_changing",
+    "AUDIT_LOG_TRUSTED_PROXIES": "",
+    "AUDIT_LOG_FORWARDED_HEADER": "x-forwarded-for",
+    "AUDIT_LOG_IP_PRIVACY": "full",
+    "AUDIT_LOG_USER_AGENT_MAX_LENGTH": "512",
+    "AUDIT_LOG_HEADERS": "host,origin,content-type,content-length,accept-language",
+    "AUDIT_LOG_REDACT_KEYS": "",
+    "AUDIT_LOG_ORG_PARAMS": "org_id,organization_id,tenant_id",
+    "AUDIT_LOG_QUEUE_SIZE": "10000",
+    "AUDIT_LOG_OVERFLOW": "drop_newest",
+    "AUDIT_LOG_BATCH_SIZE": "512",
+    "AUDIT_LOG_BATCH_INTERVAL": "0.5",
+    "AUDIT_LOG_EXPORT_RETRIES": "5",
+    "AUDIT_LOG_SHUTDOWN_TIMEOUT": "5",
+}
+
+
+class AuditConfigError(ValueError):
+    """A configuration value (keyword argument or environment variable) is invalid."""
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class AuditConfig:
+    """Resolved settings; build with :meth:`resolve`."""
+
+    enabled: bool
+    exporters: tuple[str, ...]
+    log_output: str
+    unmatched: UnmatchedPolicy
+    trusted_proxies: ProxyTrust
+    ip_privacy: IpPrivacy
+    user_agent_max_length: int
+    headers: tuple[str, ...]
+    redact_keys: tuple[str, ...]
+    org_params: tuple[str, ...]
+    queue_size: int
+    overflow: OverflowPolicy
+    batch_size: int
+    batch_interval: float
+    export_retries: int
+    shutdown_timeout: float
+
+    @classmethod
+    def resolve(
+        cls, overrides: Mapping[str, object], environ: Mapping[str, str] | None = None
+    ) -> AuditConfig:
+        """Combine keyword ``overrides`` (None = not given), the environment and defaults."""
+        env = os.environ if environ is None else environ
+        r = _Resolver(overrides, env)
+        forwarded_header = r.get("forwarded_header", "AUDIT_LOG_FORWARDED_HEADER", _text)
+        trust = r.get(
+            "trusted_proxies",
+            "AUDIT_LOG_TRUSTED_PROXIES",
+            lambda s: ProxyTrust.parse(s, header=forwarded_header),
+        )
+        if not isinstance(trust, ProxyTrust):
+            raise TypeError("trusted_proxies must be a ProxyTrust or a string like '1,10.0.0.0/8'")
+        return cls(
+            enabled=r.get("enabled", "AUDIT_LOG_ENABLED", _bool),
+            exporters=r.get("exporters", "AUDIT_LOG_EXPORTERS", _names),
+            log_output=r.get("log_output", "AUDIT_LOG_LOG_OUTPUT", _nonempty),
+            unmatched=r.get("unmatched", "AUDIT_LOG_UNMATCHED", _choice(UNMATCHED_POLICIES)),
+            trusted_proxies=trust,
+            ip_privacy=r.get("ip_privacy", "AUDIT_LOG_IP_PRIVACY", _choice(IP_PRIVACY_MODES)),
+            user_agent_max_length=r.get(
+                "user_agent_max_length", "AUDIT_LOG_USER_AGENT_MAX_LENGTH", _int(16, 65536)
+            ),
+            headers=r.get("headers", "AUDIT_LOG_HEADERS", _names),
+            redact_keys=r.get("redact_keys", "AUDIT_LOG_REDACT_KEYS", _names),
+            org_params=r.get("org_params", "AUDIT_LOG_ORG_PARAMS", _names),
+            queue_size=r.get("queue_size", "AUDIT_LOG_QUEUE_SIZE", _int(1, 10_000_000)),
+            overflow=r.get("overflow", "AUDIT_LOG_OVERFLOW", _choice(OVERFLOW_POLICIES)),
+            batch_size=r.get("batch_size", "AUDIT_LOG_BATCH_SIZE", _int(1, 100_000)),
+            batch_interval=r.get("batch_interval", "AUDIT_LOG_BATCH_INTERVAL", _seconds),
+            export_retries=r.get("export_retries", "AUDIT_LOG_EXPORT_RETRIES", _int(0, 100)),
+            shutdown_timeout=r.get("shutdown_timeout", "AUDIT_LOG_SHUTDOWN_TIMEOUT", _seconds),
+        )
+
+
+class _Resolver:
+    def __init__(self, overrides: Mapping[str, object], env: Mapping[str, str]) -> None:
+        self._overrides = overrides
+        self._env = env
+
+    def get(self, key: str, env_name: str, parse: Callable[[str], T]) -> T:
+        value = self._overrides.get(key)
+        if value is not None:
+            if isinstance(value, str) or not _is_parsed(value):
+                text = value if isinstance(value, str) else _join(value)
+                try:
+                    return parse(text)
+                except (ValueError, TypeError) as exc:
+                    raise AuditConfigError(f"invalid {key}={value!r}: {exc}") from exc
+            return cast(T, _check_parsed(key, value, parse))
+        raw = self._env.get(env_name)
+        text = ENV[env_name] if raw is None else raw
+        try:
+            return parse(text)
+        except (ValueError, TypeError) as exc:
+            raise AuditConfigError(
+                f"environment variable {env_name}={text!r} is invalid: {exc}"
+            ) from exc
+
+
+def _is_parsed(value: object) -> bool:
+    return not isinstance(value, (list, tuple, set, frozenset))
+
+
+def _join(value: object) -> str:
+    items = cast("list[object] | tuple[object, ...]", value)
+    if not all(isinstance(v, str) for v in items):
+        raise TypeError(f"expected a sequence of strings, got {value!r}")
+    return ",".join(cast("list[str]", list(items)))
+
+
+def _check_parsed(key: str, value: object, parse: Callable[[str], object]) -> object:
+    """Validate a non-string keyword value by round-tripping it through the parser's rules."""
+    if isinstance(value, ProxyTrust):
+        return value
+    if isinstance(value, bool):
+        if parse is not _bool:
+            raise TypeError(f"{key} must not be a bool")
+        return value
+    if isinstance(value, (int, float)):
+        try:
+            return parse(repr(value))
+        except ValueError as exc:
+            raise ValueError(f"invalid {key}={value!r}: {exc}") from exc
+    raise TypeError(f"invalid type for {key}: {type(value).__name__}")
+
+
+def _text(s: str) -> str:
+    return s.strip()
+
+
+def _nonempty(s: str) -> str:
+    s = s.strip()
+    if not s:
+        raise ValueError("must not be empty")
+    return s
+
+
+def _bool(s: str) -> bool:
+    v = s.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true/false, 1/0, yes/no or on/off")
+
+
+def _names(s: str) -> tuple[str, ...]:
+    names = tuple(p.strip().lower() for p in s.split(",") if p.strip())
+    if len(set(names)) != len(names):
+        raise ValueError("names must not repeat")
+    return names
+
+
+def _choice(options: tuple[T, ...]) -> Callable[[str], T]:
+    def parse(s: str) -> T:
+        v = s.strip().lower()
+        for option in options:
+            if v == option:
+                return option
+        raise ValueError(f"expected one of {', '.join(map(str, options))}")
+
+    return parse
+
+
+def _int(low: int, high: int) -> Callable[[str], int]:
+    def parse(s: str) -> int:
+        try:
+            n = int(s.strip())
+        except ValueError:
+            raise ValueError("expected a whole number") from None
+        if not low <= n <= high:
+            raise ValueError(f"expected a whole number from {low} to {high}")
+        return n
+
+    return parse
+
+
+def _seconds(s: str) -> float:
+    try:
+        n = float(s.strip())
+    except ValueError:
+        raise ValueError("expected a number of seconds") from None
+    if not math.isfinite(n) or n <= 0:
+        raise ValueError("expected a positive number of seconds")
+    return n

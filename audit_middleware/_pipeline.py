@@ -1,0 +1,425 @@
+"""The delivery pipeline: a bounded queue drained by a background thread into exporters.
+
+``submit`` is the only call on the request path: an O(1) append to a deque, no lock, no I/O.
+A dispatcher thread builds events in batches (by size or interval) and hands each batch to one
+*lane* per exporter: a thread with its own bounded backlog, retries with jittered backoff and
+counters, so a slow, failing or hung exporter never delays the others or the application.
+Every event that does not reach an exporter is counted and reported: overflow of the queue,
+overflow of a lane's backlog, retries exhausted, build errors, or a shutdown deadline.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import os
+import random
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from audit_middleware._config import OverflowPolicy
+from audit_middleware._event import AuditEvent
+from audit_middleware._export import Exporter, ExportResult
+from audit_middleware._warn import logger, warn_limited
+
+__all__ = ["DeliveryPipeline", "ExporterStats", "PipelineStats"]
+
+_BACKOFF_BASE_S: Final = 0.1
+_BACKOFF_CAP_S: Final = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class ExporterStats:
+    """Counters of one exporter lane, in events."""
+
+    name: str
+    exported: int
+    pending: int
+    retries: int
+    dropped: int
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineStats:
+    """Counters of a pipeline, in events. ``dropped`` sums every way an event was lost."""
+
+    queued: int
+    processed: int
+    dropped_overflow: int
+    dropped_closed: int
+    build_errors: int
+    exporters: tuple[ExporterStats, ...]
+
+    @property
+    def dropped(self) -> int:
+        """Events lost before reaching every exporter (per-exporter losses included)."""
+        lost = self.dropped_overflow + self.dropped_closed + self.build_errors
+        return lost + sum(e.dropped for e in self.exporters)
+
+
+class _Marker:
+    """A flush or stop request travelling through the queue behind the events before it."""
+
+    def __init__(self, lanes: int, deadline: float, stop: bool) -> None:
+        self.deadline = deadline
+        self.stop = stop
+        self._remaining = lanes
+        self._ok = True
+        self._lock = threading.Lock()
+        self.done = threading.Event()
+        if lanes == 0:
+            self.done.set()
+
+    def lane_done(self, ok: bool) -> None:
+        with self._lock:
+            self._ok = self._ok and ok
+            self._remaining -= 1
+            if self._remaining <= 0:
+                self.done.set()
+
+    def wait(self) -> bool:
+        return self.done.wait(max(0.0, self.deadline - time.monotonic())) and self._ok
+
+
+class _Lane:
+    """One exporter's thread, backlog and counters."""
+
+    def __init__(self, exporter: Exporter, name: str, max_pending: int, retries: int) -> None:
+        self.exporter = exporter
+        self.name = name
+        self.max_pending = max_pending
+        self.retries = retries
+        self.exported = 0
+        self.retried = 0
+        self.dropped = 0
+        self.pending = 0
+        self._items: collections.deque[list[AuditEvent] | _Marker] = collections.deque()
+        self._cond = threading.Condition()
+        self._stopping = threading.Event()
+        self._deadline = float("inf")
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.thread = threading.Thread(
+            target=self._run, name=f"audit-export-{self.name}", daemon=True
+        )
+        self.thread.start()
+
+    def put(self, item: list[AuditEvent] | _Marker) -> None:
+        with self._cond:
+            if isinstance(item, list):
+                if self.pending + len(item) > self.max_pending:
+                    self.dropped += len(item)
+                    warn_limited(
+                        f"lane-full:{self.name}",
+                        "audit exporter %r is not keeping up (backlog %d events): "
+                        "dropped %d audit events (total dropped by it: %d)",
+                        self.name,
+                        self.pending,
+                        len(item),
+                        self.dropped,
+                    )
+                    return
+                self.pending += len(item)
+            else:
+                self._deadline = min(self._deadline, item.deadline) if item.stop else self._deadline
+            self._items.append(item)
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._items:
+                    self._cond.wait()
+                item = self._items.popleft()
+            if isinstance(item, _Marker):
+                remaining = max(0.0, item.deadline - time.monotonic())
+                try:
+                    if item.stop:
+                        self.exporter.shutdown(remaining)
+                        ok = True
+                    else:
+                        ok = bool(self.exporter.force_flush(remaining))
+                except Exception:
+                    logger.exception("audit exporter %r failed to flush", self.name)
+                    ok = False
+                item.lane_done(ok and self.dropped_before_marker_ok())
+                if item.stop:
+                    return
+                continue
+            self._export(item)
+
+    def dropped_before_marker_ok(self) -> bool:
+        return True
+
+    def _export(self, batch: list[AuditEvent]) -> None:
+        attempt = 0
+        while True:
+            try:
+                result = self.exporter.export(batch)
+            except Exception:
+                logger.exception("audit exporter %r raised", self.name)
+                result = ExportResult.FAILURE
+            if result is ExportResult.SUCCESS:
+                with self._cond:
+                    self.exported += len(batch)
+                    self.pending -= len(batch)
+                return
+            delay = random.uniform(0, min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2**attempt))  # noqa: S311
+            give_up = attempt >= self.retries or time.monotonic() + delay > self._deadline
+            if give_up:
+                with self._cond:
+                    self.dropped += len(batch)
+                    self.pending -= len(batch)
+                warn_limited(
+                    f"export-failed:{self.name}",
+                    "audit exporter %r failed %d time(s); dropped a batch of %d audit events "
+                    "(first id %s; total dropped by it: %d)",
+                    self.name,
+                    attempt + 1,
+                    len(batch),
+                    batch[0].id,
+                    self.dropped,
+                )
+                return
+            attempt += 1
+            with self._cond:
+                self.retried += len(batch)
+            self._stopping.wait(delay)
+
+    def stats(self) -> ExporterStats:
+        with self._cond:
+            return ExporterStats(self.name, self.exported, self.pending, self.retried, self.dropped)
+
+
+class DeliveryPipeline:
+    """Bounded queue → batches → exporter lanes. Threads start on first use and after ``fork``."""
+
+    def __init__(
+        self,
+        exporters: Sequence[Exporter],
+        build: Callable[[object], AuditEvent | None],
+        *,
+        queue_size: int,
+        overflow: OverflowPolicy,
+        batch_size: int,
+        batch_interval: float,
+        export_retries: int,
+        shutdown_timeout: float,
+        on_built: Callable[[AuditEvent], None] | None = None,
+    ) -> None:
+        self._exporters = tuple(exporters)
+        self._build = build
+        self._on_built = on_built
+        self.queue_size = queue_size
+        self.overflow = overflow
+        self.batch_size = batch_size
+        self.batch_interval = batch_interval
+        self.export_retries = export_retries
+        self.shutdown_timeout = shutdown_timeout
+        self._reset()
+        _live_pipelines.add(self)
+
+    def _reset(self) -> None:
+        self._queue: collections.deque[object] = collections.deque()
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._started = False
+        self._closed = False
+        self._processed = 0
+        self._dropped_overflow = 0
+        self._dropped_closed = 0
+        self._build_errors = 0
+        self._dispatcher: threading.Thread | None = None
+        names: dict[str, int] = {}
+        self._lanes: list[_Lane] = []
+        for exporter in self._exporters:
+            name = type(exporter).__name__
+            names[name] = names.get(name, 0) + 1
+            if names[name] > 1:
+                name = f"{name}#{names[name]}"
+            self._lanes.append(_Lane(exporter, name, self.queue_size, self.export_retries))
+
+    # -- request path ---------------------------------------------------------------------------
+
+    def submit(self, item: object) -> bool:
+        """Queue one item for delivery. Never blocks; returns False if it was dropped."""
+        if not self._started:
+            self._start()
+        queue = self._queue
+        if len(queue) >= self.queue_size or self._closed:
+            return self._reject(item)
+        queue.append(item)
+        if len(queue) >= self.batch_size and not self._wake.is_set():
+            self._wake.set()
+        return True
+
+    def _reject(self, item: object) -> bool:
+        with self._lock:
+            if self._closed:
+                self._dropped_closed += 1
+                warn_limited(
+                    "closed",
+                    "audit event submitted after shutdown; dropped (total: %d)",
+                    self._dropped_closed,
+                )
+                return False
+            self._dropped_overflow += 1
+            dropped = self._dropped_overflow
+            if self.overflow == "drop_oldest":
+                try:
+                    self._queue.popleft()
+                except IndexError:
+                    pass
+                self._queue.append(item)
+        warn_limited(
+            "overflow",
+            "audit queue full (%d events, policy %s): dropped an audit event (total: %d)",
+            self.queue_size,
+            self.overflow,
+            dropped,
+        )
+        return self.overflow == "drop_oldest"
+
+    # -- worker ---------------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._started:
+                return
+            for lane in self._lanes:
+                lane.start()
+            self._dispatcher = threading.Thread(
+                target=self._run, name="audit-dispatcher", daemon=True
+            )
+            self._dispatcher.start()
+            self._started = True
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self.batch_interval)
+            self._wake.clear()
+            if self._drain():
+                return
+
+    def _drain(self) -> bool:
+        """Move everything queued to the lanes; True once a stop marker went through."""
+        queue = self._queue
+        batch: list[AuditEvent] = []
+        while queue:
+            try:
+                item = queue.popleft()
+            except IndexError:
+                break
+            if isinstance(item, _Marker):
+                self._dispatch(batch)
+                batch = []
+                for lane in self._lanes:
+                    lane.put(item)
+                if item.stop:
+                    return True
+                continue
+            self._processed += 1
+            try:
+                event = self._build(item)
+            except Exception:
+                self._build_errors += 1
+                logger.exception("could not build an audit event; it is lost (counted)")
+                continue
+            if event is None:
+                continue
+            if self._on_built is not None and event is not item:
+                self._on_built(event)
+            batch.append(event)
+            if len(batch) >= self.batch_size:
+                self._dispatch(batch)
+                batch = []
+        self._dispatch(batch)
+        return False
+
+    def _dispatch(self, batch: list[AuditEvent]) -> None:
+        if batch:
+            for lane in self._lanes:
+                lane.put(batch)
+
+    # -- control --------------------------------------------------------------------------------
+
+    def force_flush(self, timeout: float | None = None) -> bool:
+        """Deliver everything submitted so far; True only if every exporter confirmed it in time."""
+        if self._closed:
+            return False
+        if not self._started:
+            self._start()
+        before = self._lost()
+        marker = _Marker(len(self._lanes), time.monotonic() + self._timeout(timeout), stop=False)
+        self._queue.append(marker)
+        self._wake.set()
+        return marker.wait() and self._lost() == before
+
+    def shutdown(self, timeout: float | None = None) -> bool:
+        """Flush, then shut every exporter down; True if nothing was lost on the way."""
+        with self._lock:
+            if self._closed:
+                return True
+            self._closed = True
+        if not self._started:
+            self._start()
+        before = self._lost()
+        deadline = time.monotonic() + self._timeout(timeout)
+        marker = _Marker(len(self._lanes), deadline, stop=True)
+        self._queue.append(marker)
+        self._wake.set()
+        ok = marker.wait()
+        stats = self.stats()
+        if not ok:
+            pending = stats.queued + sum(e.pending for e in stats.exporters)
+            logger.warning(
+                "audit pipeline shutdown timed out: %d audit events not confirmed delivered",
+                pending,
+            )
+        if stats.dropped:
+            logger.warning("audit pipeline lost %d audit events: %s", stats.dropped, stats)
+        return ok and self._lost() == before
+
+    def _timeout(self, timeout: float | None) -> float:
+        return self.shutdown_timeout if timeout is None else max(0.0, timeout)
+
+    def _lost(self) -> int:
+        return self.stats().dropped
+
+    def stats(self) -> PipelineStats:
+        """A snapshot of the counters."""
+        return PipelineStats(
+            queued=sum(1 for item in list(self._queue) if not isinstance(item, _Marker)),
+            processed=self._processed,
+            dropped_overflow=self._dropped_overflow,
+            dropped_closed=self._dropped_closed,
+            build_errors=self._build_errors,
+            exporters=tuple(lane.stats() for lane in self._lanes),
+        )
+
+    def _after_fork(self) -> None:
+        # The child gets no threads; the parent still delivers what was queued before the fork.
+        self._reset()
+
+
+_live_pipelines: weakref.WeakSet[DeliveryPipeline] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for pipeline in list(_live_pipelines):
+        pipeline._after_fork()
+
+
+def _at_exit() -> None:
+    for pipeline in list(_live_pipelines):
+        if pipeline._started and not pipeline._closed:
+            pipeline.shutdown()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_at_exit)

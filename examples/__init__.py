@@ -1,0 +1,1 @@
+"""Example applications wrapped by the audit middleware."""

@@ -1,0 +1,102 @@
+"""Structured-log exporter: one JSON line per audit event, through structlog.
+
+By default it writes to stdout with its own private structlog logger (orjson rendering, one
+write per batch), leaving the application's structlog configuration alone. Pass ``logger=``
+(e.g. ``structlog.get_logger("audit")``) to route events through the application's own
+processors instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+from typing import IO, Any
+
+import orjson
+import structlog
+
+from audit_middleware._event import AuditEvent
+from audit_middleware._export import ExportResult
+
+__all__ = ["StructlogExporter"]
+
+
+class _LineBuffer:
+    """A structlog "logger" that collects rendered lines for one write per batch."""
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+
+    def info(self, line: bytes) -> None:
+        self.lines.append(line)
+
+
+def _render(_logger: object, _name: str, event_dict: dict[str, Any]) -> bytes:
+    return orjson.dumps(event_dict, default=str) + b"\n"
+
+
+class StructlogExporter:
+    """Write each event as one JSON log line: ``{"event": <action>, "level": "info", ...}``.
+
+    ``output`` is ``"stdout"``, ``"stderr"``, a file path (appended to) or a binary file object.
+    """
+
+    def __init__(self, *, output: str | IO[bytes] = "stdout", logger: Any = None) -> None:
+        self._app_logger = logger
+        self._output = output
+        self._file: IO[bytes] | None = None
+        self._owns_file = False
+        self._buffer = _LineBuffer()
+        self._log = structlog.wrap_logger(
+            self._buffer,
+            processors=[structlog.processors.add_log_level, _render],
+            wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+            cache_logger_on_first_use=True,
+        ).bind(logger="audit")
+        if not isinstance(output, str) and not hasattr(output, "write"):
+            raise TypeError("output must be 'stdout', 'stderr', a path or a binary file object")
+
+    def _target(self) -> IO[bytes]:
+        if self._file is None:
+            out = self._output
+            if out == "stdout":
+                self._file = sys.stdout.buffer
+            elif out == "stderr":
+                self._file = sys.stderr.buffer
+            elif isinstance(out, str):
+                self._file = open(out, "ab")  # noqa: SIM115 - closed in shutdown()
+                self._owns_file = True
+            else:
+                self._file = out
+        return self._file
+
+    def export(self, batch: Sequence[AuditEvent]) -> ExportResult:
+        """Render and write the batch; FAILURE (retried) if the write fails."""
+        if self._app_logger is not None:
+            for event in batch:
+                self._app_logger.info(event.action, **event.to_dict())
+            return ExportResult.SUCCESS
+        lines = self._buffer.lines
+        lines.clear()
+        for event in batch:
+            self._log.info(event.action, **event.to_dict())
+        try:
+            out = self._target()
+            out.write(b"".join(lines))
+            out.flush()
+        except (OSError, ValueError):
+            return ExportResult.FAILURE
+        finally:
+            lines.clear()
+        return ExportResult.SUCCESS
+
+    def force_flush(self, timeout: float | None = None) -> bool:
+        """Every export already flushed its write."""
+        return True
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Close the file this exporter opened (never stdout/stderr or a caller's file)."""
+        if self._owns_file and self._file is not None:
+            self._file.close()
+            self._file = None

@@ -1,0 +1,109 @@
+"""Shared fixtures: schema validation of every event, auditors with in-memory exporters, servers."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import jsonschema
+import pytest
+import uvicorn
+
+from audit_middleware import Auditor, AuditEvent, load_schema
+from audit_middleware import _hooks
+from exporters import InMemoryExporter
+
+_validator = jsonschema.Draft202012Validator(
+    load_schema(), format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+)
+
+
+def assert_valid(event: AuditEvent) -> None:
+    """Fail unless ``event`` conforms to the published JSON Schema."""
+    errors = sorted(_validator.iter_errors(event.to_dict()), key=str)
+    assert not errors, f"event {event.id} violates the schema: {errors[0]}"
+
+
+@pytest.fixture(autouse=True)
+def validate_every_event() -> Iterator[None]:
+    """Every event any test builds is validated against the JSON Schema."""
+    problems: list[str] = []
+
+    def observe(event: AuditEvent) -> None:
+        errors = list(_validator.iter_errors(event.to_dict()))
+        if errors:
+            problems.append(f"{event.action}: {errors[0].message}")
+
+    _hooks.add_observer(observe, inline=False, deliver=True)
+    try:
+        yield
+    finally:
+        _hooks.remove_observer(observe, inline=False, deliver=True)
+    assert not problems, f"events violating the schema: {problems}"
+
+
+class MemoryAuditor(Auditor):
+    """An Auditor with an in-memory exporter and fast batching."""
+
+    memory: InMemoryExporter
+
+    def wait_for(self, n: int, timeout: float = 5.0) -> list[AuditEvent]:
+        """Flush until at least ``n`` events arrived; return them."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.force_flush(timeout=1.0)
+            if len(self.memory.events) >= n:
+                return self.memory.events
+            time.sleep(0.01)
+        raise AssertionError(f"expected {n} events, got {len(self.memory.events)}")
+
+
+@pytest.fixture
+def make_auditor() -> Iterator[Callable[..., MemoryAuditor]]:
+    """Build auditors that deliver to memory; all are shut down after the test."""
+    made: list[MemoryAuditor] = []
+
+    def make(**options: Any) -> MemoryAuditor:
+        memory = InMemoryExporter()
+        options.setdefault("exporters", [memory])
+        options.setdefault("batch_interval", 0.01)
+        options.setdefault("environ", {})
+        auditor = MemoryAuditor(**options)
+        auditor.memory = memory
+        made.append(auditor)
+        return auditor
+
+    yield make
+    for auditor in made:
+        auditor.shutdown(timeout=2.0)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def serve(app: Any, **config: Any) -> Iterator[str]:
+    """Run ``app`` under a real uvicorn server on loopback; yield its base URL."""
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **config)
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

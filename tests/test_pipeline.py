@@ -1,0 +1,230 @@
+"""The delivery pipeline: batching, retries, overflow, hung exporters, flush, shutdown, fork."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+import orjson
+import pytest
+
+from audit_middleware import Auditor, AuditEvent, ExportResult, record
+from exporters import InMemoryExporter
+from tests.conftest import MemoryAuditor
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class HangingExporter:
+    """Blocks in export until released."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.entered = threading.Event()
+
+    def export(self, batch: Sequence[AuditEvent]) -> ExportResult:
+        self.entered.set()
+        self.release.wait(30)
+        return ExportResult.SUCCESS
+
+    def force_flush(self, timeout: float | None = None) -> bool:
+        return True
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        self.release.set()
+
+
+class RaisingExporter(InMemoryExporter):
+    """Raises on the first ``n`` exports."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.raises = n
+
+    def export(self, batch: Sequence[AuditEvent]) -> ExportResult:
+        if self.raises:
+            self.raises -= 1
+            raise ConnectionError("collector down")
+        return super().export(batch)
+
+
+def _record_n(auditor: Auditor, n: int) -> None:
+    for i in range(n):
+        auditor.record("test.event", metadata={"i": i})
+
+
+def test_batches_by_size_and_keeps_order(make_auditor: Callable[..., MemoryAuditor]) -> None:
+    auditor = make_auditor(batch_size=10, batch_interval=5)
+    _record_n(auditor, 25)
+    events = auditor.wait_for(25)
+    assert [e.metadata["i"] for e in events] == list(range(25))
+    assert auditor.memory.export_calls >= 3
+
+
+def test_batch_interval_delivers_without_flush(make_auditor: Callable[..., MemoryAuditor]) -> None:
+    auditor = make_auditor(batch_size=1000, batch_interval=0.05)
+    _record_n(auditor, 3)
+    deadline = time.monotonic() + 5
+    while len(auditor.memory.events) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(auditor.memory.events) == 3
+
+
+def test_failed_exports_are_retried(make_auditor: Callable[..., MemoryAuditor]) -> None:
+    auditor = make_auditor(export_retries=5)
+    auditor.memory.fail_next(2)
+    _record_n(auditor, 4)
+    assert auditor.force_flush(timeout=10)
+    assert len(auditor.memory.events) == 4
+    stats = auditor.stats()
+    assert stats.exporters[0].retries == 8  # two failed attempts of a 4-event batch
+    assert stats.dropped == 0
+
+
+def test_raising_exporter_is_retried(make_auditor: Callable[..., MemoryAuditor]) -> None:
+    raising = RaisingExporter(1)
+    auditor = make_auditor(exporters=[raising])
+    _record_n(auditor, 2)
+    assert auditor.force_flush(timeout=10)
+    assert len(raising.events) == 2
+
+
+def test_exhausted_retries_are_counted_and_reported(
+    make_auditor: Callable[..., MemoryAuditor], caplog: pytest.LogCaptureFixture
+) -> None:
+    auditor = make_auditor(export_retries=1)
+    auditor.memory.fail_next(100)
+    _record_n(auditor, 3)
+    assert auditor.force_flush(timeout=10) is False
+    stats = auditor.stats()
+    assert stats.exporters[0].dropped == 3
+    assert stats.dropped == 3
+    assert "dropped a batch of 3 audit events" in caplog.text
+
+
+def test_hung_exporter_does_not_block_other_exporters_or_the_caller(
+    make_auditor: Callable[..., MemoryAuditor],
+) -> None:
+    hanging = HangingExporter()
+    memory = InMemoryExporter()
+    auditor = make_auditor(exporters=[hanging, memory], queue_size=100, batch_size=5)
+    _record_n(auditor, 5)
+    assert hanging.entered.wait(5)
+    for sent in range(25, 225, 20):  # the hung lane's backlog (100) overflows: counted
+        started = time.perf_counter()
+        _record_n(auditor, 20)
+        assert time.perf_counter() - started < 1  # the caller is never held up
+        deadline = time.monotonic() + 5
+        while len(memory.events) < sent and time.monotonic() < deadline:
+            time.sleep(0.005)
+    assert len(memory.events) == 205
+    assert auditor.force_flush(timeout=0.3) is False  # the honest answer: not all delivered
+    stats = auditor.stats()
+    hung = stats.exporters[0]
+    assert hung.dropped > 0
+    assert hung.dropped + hung.pending + hung.exported == 205
+    hanging.release.set()
+
+
+@pytest.mark.parametrize(
+    ("policy", "kept"),
+    [
+        pytest.param("drop_newest", list(range(10)), id="drop_newest"),
+        pytest.param("drop_oldest", list(range(5, 15)), id="drop_oldest"),
+    ],
+)
+def test_full_queue_applies_the_named_policy_and_counts(
+    make_auditor: Callable[..., MemoryAuditor], policy: str, kept: list[int]
+) -> None:
+    auditor = make_auditor(queue_size=10, overflow=policy, batch_size=1000, batch_interval=60)
+    auditor.pipeline._started = True  # hold the worker back so the queue fills
+    _record_n(auditor, 15)
+    assert auditor.stats().dropped_overflow == 5
+    auditor.pipeline._started = False
+    assert auditor.force_flush(timeout=5)
+    assert [e.metadata["i"] for e in auditor.memory.events] == kept
+    assert auditor.stats().dropped == 5
+
+
+def test_shutdown_honours_its_timeout_with_a_hung_exporter(
+    make_auditor: Callable[..., MemoryAuditor],
+) -> None:
+    hanging = HangingExporter()
+    auditor = make_auditor(exporters=[hanging])
+    _record_n(auditor, 1)
+    assert hanging.entered.wait(5)
+    started = time.perf_counter()
+    assert auditor.shutdown(timeout=0.2) is False
+    assert time.perf_counter() - started < 1.5
+    hanging.release.set()
+
+
+def test_events_after_shutdown_are_counted(make_auditor: Callable[..., MemoryAuditor]) -> None:
+    auditor = make_auditor()
+    assert auditor.shutdown(timeout=2)
+    _record_n(auditor, 2)
+    assert auditor.stats().dropped_closed == 2
+    assert auditor.memory.shut_down
+
+
+def test_flush_at_interpreter_exit(tmp_path: os.PathLike[str]) -> None:
+    out = os.path.join(tmp_path, "audit.jsonl")
+    script = (
+        "from audit_middleware import Auditor\n"
+        f"a = Auditor(log_output={out!r}, batch_interval=60, environ={{}})\n"
+        "for i in range(100): a.record('test.event', metadata={'i': i})\n"
+    )
+    subprocess.run([sys.executable, "-c", script], cwd=ROOT, check=True, timeout=60)
+    with open(out, "rb") as f:
+        lines = [orjson.loads(line) for line in f]
+    assert [line["metadata"]["i"] for line in lines] == list(range(100))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX-only")
+def test_fork_child_delivers_its_own_events(tmp_path: os.PathLike[str]) -> None:
+    out = os.path.join(tmp_path, "audit.jsonl")
+    script = (
+        "import os\n"
+        "from audit_middleware import Auditor\n"
+        f"a = Auditor(log_output={out!r}, batch_interval=0.05, environ={{}})\n"
+        "a.record('parent.before_fork')\n"
+        "assert a.force_flush(5)\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    a.record('child.event')\n"
+        "    ok = a.force_flush(5)\n"
+        "    os._exit(0 if ok else 3)\n"
+        "a.record('parent.after_fork')\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "assert os.waitstatus_to_exitcode(status) == 0, status\n"
+        "assert a.shutdown(5)\n"
+    )
+    subprocess.run([sys.executable, "-c", script], cwd=ROOT, check=True, timeout=60)
+    with open(out, "rb") as f:
+        actions = sorted(orjson.loads(line)["action"] for line in f)
+    assert actions == ["child.event", "parent.after_fork", "parent.before_fork"]
+
+
+def test_module_level_record_outside_a_request_uses_the_default_auditor(
+    make_auditor: Callable[..., MemoryAuditor],
+) -> None:
+    auditor = make_auditor()
+    record("billing.invoice.paid", org_id="org_1", metadata={"amount_cents": 1200})
+    (event,) = auditor.wait_for(1)
+    assert event.action == "billing.invoice.paid"
+    assert event.org_id == "org_1"
+    assert event.actor.type == "anonymous"
+    assert event.request is None
+
+
+@pytest.mark.parametrize(
+    "bad", ["Login", "user", "user..login", "user.login!", "a." + "b" * 200], ids=str
+)
+def test_record_rejects_malformed_actions(make_auditor: Callable[..., MemoryAuditor], bad: str) -> None:
+    auditor = make_auditor()
+    with pytest.raises(ValueError, match="invalid action"):
+        auditor.record(bad)
