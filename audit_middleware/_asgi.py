@@ -12,8 +12,8 @@ from time import perf_counter_ns, time_ns
 from typing import Any
 
 from audit_middleware._auditor import Auditor
-from audit_middleware._context import RequestContext, _current
 from audit_middleware._builder import MAX_RESPONSE_BODY
+from audit_middleware._context import RequestContext, _current
 from audit_middleware._warn import logger, warn_limited
 
 __all__ = ["AuditMiddleware"]
@@ -97,10 +97,13 @@ class AuditMiddleware:
         auditor = self.auditor
 
         async def lifespan_send(message: Message) -> None:
-            if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
-                # Server shutdown, not a request: a bounded wait for delivery is acceptable.
-                if not auditor.force_flush():
-                    logger.warning("audit events not confirmed delivered at lifespan shutdown")
+            # Server shutdown, not a request: a bounded wait for delivery is acceptable.
+            shutting_down = message["type"] in (
+                "lifespan.shutdown.complete",
+                "lifespan.shutdown.failed",
+            )
+            if shutting_down and not auditor.force_flush():
+                logger.warning("audit events not confirmed delivered at lifespan shutdown")
             await send(message)
 
         return lifespan_send

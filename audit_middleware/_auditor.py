@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import time
-from types import EllipsisType
 from collections.abc import Iterable, Mapping, Sequence
+from types import EllipsisType
 from typing import Any
 
 from audit_middleware import _hooks
 from audit_middleware._builder import EventBuilder, ExplicitRecord
 from audit_middleware._client_ip import ProxyTrust
-from audit_middleware._config import AuditConfig, IpPrivacy, OverflowPolicy
+from audit_middleware._config import AuditConfig, AuditConfigError, IpPrivacy, OverflowPolicy
 from audit_middleware._context import RequestContext, current_context, org_was_set
 from audit_middleware._event import ANONYMOUS, OUTCOMES, Actor, AuditEvent, Outcome, Target
 from audit_middleware._export import Exporter
@@ -80,7 +80,9 @@ class Auditor:
             overrides["exporters"] = tuple(e for e in exporters if isinstance(e, str))
         self.config = config = AuditConfig.resolve(overrides, environ)
         self.rules = RuleSet(rules or (), config.unmatched)
-        self.redactor = Redactor(extra_secret_keys=config.redact_keys, header_allowlist=config.headers)
+        self.redactor = Redactor(
+            extra_secret_keys=config.redact_keys, header_allowlist=config.headers
+        )
         self.actor_resolvers: tuple[ActorResolver, ...] = tuple(
             (scope_user_actor,) if actor_resolvers is None else actor_resolvers
         )
@@ -155,7 +157,7 @@ class Auditor:
         *,
         actor: Actor | None = None,
         target: Target | None = None,
-        org_id: str | None | EllipsisType = ...,
+        org_id: str | EllipsisType | None = ...,
         outcome: Outcome = "success",
         metadata: Mapping[str, Any] | None = None,
     ) -> None:
@@ -223,9 +225,12 @@ def _notify_observers(event: AuditEvent) -> None:
 def _make_exporters(given: Sequence[Exporter | str] | None, config: AuditConfig) -> list[Exporter]:
     from exporters import create_exporter  # exporters depend on the event model, not vice versa
 
-    if given is None:
-        return [create_exporter(name, config) for name in config.exporters]
-    return [create_exporter(e, config) if isinstance(e, str) else e for e in given]
+    try:
+        if given is None:
+            return [create_exporter(name, config) for name in config.exporters]
+        return [create_exporter(e, config) if isinstance(e, str) else e for e in given]
+    except ValueError as exc:
+        raise AuditConfigError(str(exc)) from exc
 
 
 def get_default_auditor() -> Auditor:
@@ -238,7 +243,7 @@ def record(
     *,
     actor: Actor | None = None,
     target: Target | None = None,
-    org_id: str | None | EllipsisType = ...,
+    org_id: str | EllipsisType | None = ...,
     outcome: Outcome = "success",
     metadata: Mapping[str, Any] | None = None,
 ) -> None:

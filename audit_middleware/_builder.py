@@ -238,10 +238,10 @@ class _Values:
                 if key.lower() == name.encode("latin-1"):
                     return value.decode("latin-1")
             return None
-        value: Any = self._response_json()
+        found: Any = self._response_json()
         for part in name.split("."):
-            value = value.get(part) if isinstance(value, dict) else None
-        return value
+            found = found.get(part) if isinstance(found, dict) else None
+        return found
 
     def _response_json(self) -> Any:
         if self._body is ...:

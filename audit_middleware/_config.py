@@ -16,7 +16,7 @@ from typing import Final, Literal, TypeVar, cast
 from audit_middleware._client_ip import ProxyTrust
 from audit_middleware._rules import UNMATCHED_POLICIES, UnmatchedPolicy
 
-__all__ = ["ENV", "AuditConfig", "AuditConfigError", "OverflowPolicy", "IpPrivacy"]
+__all__ = ["ENV", "AuditConfig", "AuditConfigError", "IpPrivacy", "OverflowPolicy"]
 
 OverflowPolicy = Literal["drop_newest", "drop_oldest"]
 IpPrivacy = Literal["full", "truncate", "omit"]

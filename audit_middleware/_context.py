@@ -57,7 +57,9 @@ class RequestContext:
         "target",
     )
 
-    def __init__(self, auditor: Auditor, scope: Mapping[str, Any], protocol: str, started_ns: int):
+    def __init__(
+        self, auditor: Auditor, scope: Mapping[str, Any], protocol: str, started_ns: int
+    ) -> None:
         self.auditor = auditor
         self.scope = scope
         self.protocol = protocol
@@ -104,9 +106,9 @@ def _context_or_warn(what: str) -> RequestContext | None:
 
 
 def set_actor(
-    id: str | None,  # noqa: A002 - mirrors the event field
+    id: str | None,
     *,
-    type: ActorType = "user",  # noqa: A002
+    type: ActorType = "user",
     email: str | None = None,
     name: str | None = None,
 ) -> bool:
@@ -119,7 +121,7 @@ def set_actor(
     return True
 
 
-def set_target(type: str, id: str | None = None) -> bool:  # noqa: A002
+def set_target(type: str, id: str | None = None) -> bool:
     """Set the resource the current request acts upon. Returns False outside a request."""
     target = Target(type=type, id=id)
     ctx = _context_or_warn("set_target")

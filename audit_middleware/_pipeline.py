@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import contextlib
 import os
 import random
 import threading
@@ -271,10 +272,8 @@ class DeliveryPipeline:
             self._dropped_overflow += 1
             dropped = self._dropped_overflow
             if self.overflow == "drop_oldest":
-                try:
+                with contextlib.suppress(IndexError):
                     self._queue.popleft()
-                except IndexError:
-                    pass
                 self._queue.append(item)
         warn_limited(
             "overflow",

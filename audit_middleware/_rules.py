@@ -160,9 +160,13 @@ class RuleMatch:
 class RuleSet:
     """Rules compiled for lookup: exact by (method, template), else by regex on the path."""
 
-    def __init__(self, rules: Iterable[Rule] = (), unmatched: UnmatchedPolicy = "state_changing"):
+    def __init__(
+        self, rules: Iterable[Rule] = (), unmatched: UnmatchedPolicy = "state_changing"
+    ) -> None:
         if unmatched not in UNMATCHED_POLICIES:
-            raise ValueError(f"unmatched policy must be one of {UNMATCHED_POLICIES}, got {unmatched!r}")
+            raise ValueError(
+                f"unmatched policy must be one of {UNMATCHED_POLICIES}, got {unmatched!r}"
+            )
         self.rules: tuple[Rule, ...] = tuple(rules)
         self.unmatched: UnmatchedPolicy = unmatched
         self._exact: dict[tuple[str, str], Rule] = {}

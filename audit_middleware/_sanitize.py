@@ -325,7 +325,6 @@ class Redactor:
                 single_words.add(compact)
             else:
                 multi_words.add(tuple(words))
-        self._secret_key_parts = frozenset(parts)
         self._substring_re = re.compile("|".join(map(re.escape, sorted(substrings))))
         self._single_words = frozenset(single_words)
         self._multi_words = tuple(sorted(multi_words))

@@ -22,7 +22,7 @@ def _text_attr(obj: object, *names: str) -> str | None:
     for name in names:
         try:
             value = getattr(obj, name, None)
-        except Exception:  # noqa: BLE001 - a property that raises means "not available"
+        except Exception:  # noqa: S112 - a property that raises means "not available"
             continue
         if isinstance(value, bool) or value is None:
             continue

@@ -87,7 +87,11 @@ RULES = [
     Rule(
         "POST",
         "/auth/login",
-        {"success": "user.login.succeeded", "denied": "user.login.failed", "4xx": "user.login.failed"},
+        {
+            "success": "user.login.succeeded",
+            "denied": "user.login.failed",
+            "4xx": "user.login.failed",
+        },
     ),
     Rule("POST", "/auth/logout", "user.logout"),
     Rule(
@@ -97,8 +101,20 @@ RULES = [
         target_type="api_key",
         target_id="response.id",
     ),
-    Rule("DELETE", "/orgs/{org_id}/api-keys/{key_id}", "org.api_key.deleted", "api_key", "path.key_id"),
-    Rule("PATCH", "/orgs/{org_id}/settings", "org.settings.updated", target_type="org", target_id="path.org_id"),
+    Rule(
+        "DELETE",
+        "/orgs/{org_id}/api-keys/{key_id}",
+        "org.api_key.deleted",
+        "api_key",
+        "path.key_id",
+    ),
+    Rule(
+        "PATCH",
+        "/orgs/{org_id}/settings",
+        "org.settings.updated",
+        target_type="org",
+        target_id="path.org_id",
+    ),
     Rule("GET", "/orgs/{org_id}/api-keys", "org.api_key.listed"),
     Rule("POST", "/internal/cache/flush", None),
 ]
@@ -154,7 +170,9 @@ def create_app(store: Store | None = None) -> FastAPI:
             raise HTTPException(404, "no such key")
 
     @app.patch("/orgs/{org_id}/settings")
-    async def update_settings(org_id: str, request: Request, body: dict[str, Any]) -> dict[str, Any]:
+    async def update_settings(
+        org_id: str, request: Request, body: dict[str, Any]
+    ) -> dict[str, Any]:
         user = _member(request, org_id)
         if user.role != "admin":
             raise HTTPException(403, "admins only")

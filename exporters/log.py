@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from typing import IO, Any
 
 import orjson
@@ -32,7 +32,7 @@ class _LineBuffer:
         self.lines.append(line)
 
 
-def _render(_logger: object, _name: str, event_dict: dict[str, Any]) -> bytes:
+def _render(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> bytes:
     return orjson.dumps(event_dict, default=str) + b"\n"
 
 

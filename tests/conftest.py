@@ -13,8 +13,7 @@ import jsonschema
 import pytest
 import uvicorn
 
-from audit_middleware import Auditor, AuditEvent, load_schema
-from audit_middleware import _hooks
+from audit_middleware import AuditEvent, Auditor, _hooks, load_schema
 from exporters import InMemoryExporter
 
 _validator = jsonschema.Draft202012Validator(

@@ -68,7 +68,12 @@ def test_one_line_wrap_with_no_arguments_logs_json_to_stdout() -> None:
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIT_LOG_")}
     out = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=ROOT, check=True
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        check=True,
     )
     import orjson
 
@@ -90,11 +95,13 @@ def test_wraps_any_asgi_app(kind: str, make_auditor: Callable[..., MemoryAuditor
     elif kind == "fastapi":
         from fastapi import FastAPI
 
-        app = FastAPI()
+        fastapi_app = FastAPI()
 
-        @app.post("/widgets", status_code=201)
+        @fastapi_app.post("/widgets", status_code=201)
         async def create() -> dict[str, str]:
             return {"id": "w1"}
+
+        app = fastapi_app
 
     else:
 
@@ -183,7 +190,13 @@ def test_exception_after_response_started_keeps_status(
         raise ValueError("mid-stream")
 
     async def call() -> None:
-        scope = {"type": "http", "method": "POST", "path": "/x", "headers": [], "client": None}
+        scope: dict[str, Any] = {
+            "type": "http",
+            "method": "POST",
+            "path": "/x",
+            "headers": [],
+            "client": None,
+        }
 
         async def receive() -> dict[str, Any]:
             return {"type": "http.request", "body": b""}
@@ -221,7 +234,9 @@ def test_streaming_is_not_buffered_over_a_real_server(
 
         return StreamingResponse(body())
 
-    app = AuditMiddleware(Starlette(routes=[Route("/s", stream, methods=["POST"])]), auditor=auditor)
+    app = AuditMiddleware(
+        Starlette(routes=[Route("/s", stream, methods=["POST"])]), auditor=auditor
+    )
     with serve(app) as url, httpx.stream("POST", url + "/s", timeout=10) as response:
         chunks = response.iter_bytes()
         assert next(chunks).startswith(b"first")  # arrives before the app finished
@@ -249,7 +264,9 @@ def test_client_disconnect_mid_stream_is_recorded(
 
         return StreamingResponse(body())
 
-    app = AuditMiddleware(Starlette(routes=[Route("/s", stream, methods=["POST"])]), auditor=auditor)
+    app = AuditMiddleware(
+        Starlette(routes=[Route("/s", stream, methods=["POST"])]), auditor=auditor
+    )
     with serve(app) as url:
         with httpx.stream("POST", url + "/s", timeout=10) as response:
             next(response.iter_bytes())
@@ -263,12 +280,19 @@ def test_client_disconnect_mid_stream_is_recorded(
 def test_example_app_over_uvicorn(make_auditor: Callable[..., MemoryAuditor]) -> None:
     """Login failure and success, an API key with its id from the response, all through uvicorn."""
     auditor = make_auditor(rules=RULES)
-    with serve(AuditMiddleware(create_app(), auditor=auditor)) as url, httpx.Client(base_url=url) as client:
+    with (
+        serve(AuditMiddleware(create_app(), auditor=auditor)) as url,
+        httpx.Client(base_url=url) as client,
+    ):
         headers = {"user-agent": "pytest-client/1.0"}
-        bad = client.post("/auth/login", json={"email": "alice@acme.test", "password": "nope"}, headers=headers)
+        bad = client.post(
+            "/auth/login", json={"email": "alice@acme.test", "password": "nope"}, headers=headers
+        )
         assert bad.status_code == 401
         good = client.post(
-            "/auth/login", json={"email": "alice@acme.test", "password": "correct horse"}, headers=headers
+            "/auth/login",
+            json={"email": "alice@acme.test", "password": "correct horse"},
+            headers=headers,
         )
         token = good.json()["token"]
         auth = {**headers, "authorization": f"Bearer {token}"}

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 import orjson
 import pytest
 
-from audit_middleware import Auditor, AuditEvent, ExportResult, record
+from audit_middleware import AuditEvent, Auditor, ExportResult, record
 from exporters import InMemoryExporter
 from tests.conftest import MemoryAuditor
 
@@ -224,7 +224,9 @@ def test_module_level_record_outside_a_request_uses_the_default_auditor(
 @pytest.mark.parametrize(
     "bad", ["Login", "user", "user..login", "user.login!", "a." + "b" * 200], ids=str
 )
-def test_record_rejects_malformed_actions(make_auditor: Callable[..., MemoryAuditor], bad: str) -> None:
+def test_record_rejects_malformed_actions(
+    make_auditor: Callable[..., MemoryAuditor], bad: str
+) -> None:
     auditor = make_auditor()
     with pytest.raises(ValueError, match="invalid action"):
         auditor.record(bad)

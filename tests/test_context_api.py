@@ -1,0 +1,119 @@
+"""The handler-side API (set_actor & co.) in async and sync handlers, and record()."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from fastapi import FastAPI
+from starlette.testclient import TestClient
+
+import audit_middleware
+from audit_middleware import Actor, AuditMiddleware, Target
+from tests.conftest import MemoryAuditor
+
+
+def _app() -> FastAPI:
+    app = FastAPI()
+
+    @app.post("/async/{org_id}")
+    async def async_handler(org_id: str) -> dict[str, bool]:
+        audit_middleware.set_actor("u_1", type="user", email="a@example.test")
+        audit_middleware.set_target("invoice", "inv_9")
+        audit_middleware.set_action("billing.invoice.voided")
+        audit_middleware.add_metadata(reason="duplicate", password="hunter2")
+        return {"ok": True}
+
+    @app.post("/sync/{org_id}")
+    def sync_handler(org_id: str) -> dict[str, bool]:  # runs in a worker thread
+        audit_middleware.set_actor("svc_billing", type="service")
+        audit_middleware.set_org("org_override")
+        return {"ok": True}
+
+    @app.get("/read")
+    def read_handler() -> dict[str, bool]:
+        audit_middleware.set_action("report.downloaded")  # audits a read no rule names
+        return {"ok": True}
+
+    @app.post("/quiet")
+    async def quiet() -> dict[str, bool]:
+        audit_middleware.skip_audit()
+        return {"ok": True}
+
+    @app.post("/explicit/{org_id}")
+    async def explicit(org_id: str) -> dict[str, bool]:
+        audit_middleware.set_actor("u_2")
+        audit_middleware.record(
+            "org.member.role_updated", target=Target("user", "u_3"), metadata={"role": "admin"}
+        )
+        return {"ok": True}
+
+    return app
+
+
+def test_async_handler_hints(make_auditor: Callable[..., MemoryAuditor]) -> None:
+    auditor = make_auditor()
+    TestClient(AuditMiddleware(_app(), auditor=auditor)).post("/async/org_a")
+    (event,) = auditor.wait_for(1)
+    assert event.action == "billing.invoice.voided"
+    assert event.actor == Actor("u_1", "user", email="a@example.test")
+    assert event.target == Target("invoice", "inv_9")
+    assert event.org_id == "org_a"  # from the {org_id} path parameter
+    assert event.metadata == {"reason": "duplicate", "password": "[REDACTED]"}
+
+
+def test_sync_handler_hints_cross_the_thread_pool(
+    make_auditor: Callable[..., MemoryAuditor],
+) -> None:
+    auditor = make_auditor()
+    TestClient(AuditMiddleware(_app(), auditor=auditor)).post("/sync/org_a")
+    (event,) = auditor.wait_for(1)
+    assert event.actor == Actor("svc_billing", "service")
+    assert event.org_id == "org_override"
+
+
+def test_set_action_audits_a_read_and_skip_audit_silences(
+    make_auditor: Callable[..., MemoryAuditor],
+) -> None:
+    auditor = make_auditor()
+    client = TestClient(AuditMiddleware(_app(), auditor=auditor))
+    client.post("/quiet")
+    client.get("/read")
+    (event,) = auditor.wait_for(1)
+    assert event.action == "report.downloaded"
+
+
+def test_record_inside_a_request_inherits_its_context(
+    make_auditor: Callable[..., MemoryAuditor],
+) -> None:
+    auditor = make_auditor()
+    TestClient(AuditMiddleware(_app(), auditor=auditor)).post(
+        "/explicit/org_b", headers={"user-agent": "ua", "x-request-id": "req-123"}
+    )
+    explicit, request_event = auditor.wait_for(2)
+    assert explicit.action == "org.member.role_updated"
+    assert explicit.actor.id == "u_2"
+    assert explicit.org_id == "org_b"
+    assert explicit.target == Target("user", "u_3")
+    assert explicit.client is not None
+    assert explicit.client.user_agent == "ua"
+    assert explicit.request is not None
+    assert explicit.request.id == request_event.request.id == "req-123"  # type: ignore[union-attr]
+    assert explicit.request.status is None
+    assert request_event.action == "http.post"
+
+
+def test_outside_a_request_the_hints_are_ignored(caplog: pytest.LogCaptureFixture) -> None:
+    assert audit_middleware.set_actor("u_1") is False
+    assert audit_middleware.set_target("x", "1") is False
+    assert audit_middleware.set_org("o") is False
+    assert audit_middleware.add_metadata(a=1) is False
+    assert audit_middleware.skip_audit() is False
+    assert "outside an audited request" in caplog.text
+
+
+def test_invalid_hints_raise() -> None:
+    with pytest.raises(ValueError, match="invalid action"):
+        audit_middleware.set_action("Not An Action")
+    with pytest.raises(ValueError, match="actor type"):
+        audit_middleware.set_actor("u", type="robot")  # type: ignore[arg-type]

@@ -1,0 +1,69 @@
+"""The structlog exporter: one JSON line per event, to a stream or the app's own logger."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import structlog
+from structlog.testing import capture_logs
+
+from audit_middleware import ExportResult
+from exporters import StructlogExporter
+from tests.conftest import MemoryAuditor, assert_valid
+
+
+def _events(make_auditor: Callable[..., MemoryAuditor], n: int) -> list[Any]:
+    auditor = make_auditor()
+    for i in range(n):
+        auditor.record("org.settings.updated", org_id="o1", metadata={"i": i, "note": "a\nb"})
+    return auditor.wait_for(n)
+
+
+def test_one_json_line_per_event_matching_the_schema(
+    make_auditor: Callable[..., MemoryAuditor],
+) -> None:
+    events = _events(make_auditor, 3)
+    out = io.BytesIO()
+    exporter = StructlogExporter(output=out)
+    assert exporter.export(events) is ExportResult.SUCCESS
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3
+    for line, event in zip(lines, events, strict=True):
+        data = orjson.loads(line)
+        assert data.pop("event") == event.action
+        assert data.pop("level") == "info"
+        assert data.pop("logger") == "audit"
+        assert data == event.to_dict()
+        assert_valid(event)
+
+
+def test_to_a_file_path_appends(make_auditor: Callable[..., MemoryAuditor], tmp_path: Any) -> None:
+    events = _events(make_auditor, 2)
+    path = tmp_path / "audit.jsonl"
+    exporter = StructlogExporter(output=str(path))
+    exporter.export(events[:1])
+    exporter.export(events[1:])
+    exporter.shutdown()
+    assert len(path.read_bytes().splitlines()) == 2
+
+
+def test_a_failing_stream_reports_failure(make_auditor: Callable[..., MemoryAuditor]) -> None:
+    events = _events(make_auditor, 1)
+    out = io.BytesIO()
+    out.close()
+    assert StructlogExporter(output=out).export(events) is ExportResult.FAILURE
+
+
+def test_into_the_applications_structlog_configuration(
+    make_auditor: Callable[..., MemoryAuditor],
+) -> None:
+    events = _events(make_auditor, 2)
+    with capture_logs() as logs:
+        exporter = StructlogExporter(logger=structlog.get_logger("app.audit"))
+        assert exporter.export(events) is ExportResult.SUCCESS
+    assert [log["event"] for log in logs] == ["org.settings.updated"] * 2
+    assert logs[0]["id"] == events[0].id
+    assert logs[1]["metadata"] == {"i": 1, "note": "a\\nb"}
