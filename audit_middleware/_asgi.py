@@ -48,7 +48,7 @@ class AuditMiddleware:
                 await self.app(scope, receive, send)
             return
 
-        ctx = RequestContext(auditor, scope, "asgi", time_ns())
+        ctx = RequestContext(auditor, scope, time_ns())
         start = perf_counter_ns()
         rules = auditor.rules
         method = scope["method"]

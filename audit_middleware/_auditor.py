@@ -89,8 +89,12 @@ class Auditor:
         self.org_resolvers: tuple[OrgResolver, ...] = tuple(
             (scope_user_org,) if org_resolvers is None else org_resolvers
         )
+        # The built-in resolvers only read scope["user"]: skip them when there is none.
+        self._user_only = actor_resolvers is None and org_resolvers is None
         self.builder = EventBuilder(config, self.rules, self.redactor)
         self.exporters = _make_exporters(exporters, config)
+        if not self.exporters:
+            logger.warning("audit: no exporters configured; events are built but delivered nowhere")
         self.pipeline = DeliveryPipeline(
             self.exporters,
             self.builder.build,
@@ -100,7 +104,7 @@ class Auditor:
             batch_interval=config.batch_interval,
             export_retries=config.export_retries,
             shutdown_timeout=config.shutdown_timeout,
-            on_built=_notify_observers,
+            on_built=_notify_observers,  # no-op unless capture_audit_events() is active
         )
         self.enabled = config.enabled
         _default = self
@@ -116,6 +120,8 @@ class Auditor:
 
     def _resolve(self, ctx: RequestContext) -> None:
         scope = ctx.scope
+        if self._user_only and scope.get("user") is None:
+            return
         if ctx.actor is None:
             for actor_resolver in self.actor_resolvers:
                 try:
@@ -216,10 +222,11 @@ class Auditor:
 
 
 def _notify_observers(event: AuditEvent) -> None:
-    try:
-        _hooks.notify(event)
-    except Exception:
-        logger.exception("audit event observer raised")
+    if _hooks.state.observers:
+        try:
+            _hooks.notify(event)
+        except Exception:
+            logger.exception("audit event observer raised")
 
 
 def _make_exporters(given: Sequence[Exporter | str] | None, config: AuditConfig) -> list[Exporter]:

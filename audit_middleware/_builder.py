@@ -7,9 +7,11 @@ sources, IP derivation, redaction, ids and timestamps.
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Final
 
 import orjson
@@ -39,6 +41,10 @@ MAX_PATH: Final = 2048
 MAX_RESPONSE_BODY: Final = 64 * 1024
 _NO_TRUST: Final = ProxyTrust()
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+_METHODS: Final = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
+)
+_EMPTY: Final[Mapping[str, Any]] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,13 +68,18 @@ class EventBuilder:
         self.config = config
         self.rules = rules
         self.redactor = redactor
+        self._allowed_headers = redactor.allowed_header_names
+        # Requests repeat routes and clients: bounded caches of pure functions of their inputs.
+        self._match = functools.lru_cache(maxsize=4096)(rules.match)
+        self._client = functools.lru_cache(maxsize=4096)(self._client_uncached)
+        self._headers = functools.lru_cache(maxsize=4096)(self._headers_uncached)
 
     def build(self, item: object) -> AuditEvent | None:
         """Build the event for a queued item, or None when policy says not to audit it."""
+        if type(item) is RequestContext:
+            return self._from_request(item)
         if isinstance(item, AuditEvent):
             return item
-        if isinstance(item, RequestContext):
-            return self._from_request(item)
         if isinstance(item, ExplicitRecord):
             return self._from_record(item)
         raise TypeError(f"cannot build an audit event from {type(item).__name__}")
@@ -81,7 +92,7 @@ class EventBuilder:
         view = asgi_view(ctx.scope)
         status = ctx.status or 500
         outcome = outcome_for_status(status, raised=ctx.error_type is not None)
-        match = self.rules.match(view.method, view.route, view.path)
+        match = self._match(view.method, view.route, view.path)
         rule = match.rule
         action = ctx.action
         if action is None and rule is not None:
@@ -92,32 +103,45 @@ class EventBuilder:
             action = self.rules.default_action(view.method)
             if action is None:
                 return None
-        params = {str(k): str(v) for k, v in view.path_params.items()}
-        params.update(match.params)
-        values = _Values(self, view, ctx, params)
+        params = {str(k): str(v) for k, v in view.path_params.items()} if view.path_params else {}
+        if match.params:
+            params.update(match.params)
+        values = _Values(self, view, ctx, params) if rule is not None and rule.sources else None
 
-        org = ctx.org_id if org_was_set(ctx) else values.org(rule)
-        target = ctx.target or values.target(rule)
-        metadata: dict[str, Any] = {}
-        if rule is not None:
-            for key, spec in rule.metadata.items():
-                metadata[key] = values.get(Source.parse(spec))
+        if org_was_set(ctx):
+            org = ctx.org_id
+        else:
+            org = values.org(rule) if values is not None else None
+            if org is None:
+                org = self._org_from_params(params) or ctx.resolved_org
+        target = ctx.target or (values.target(rule) if values is not None else None)
+        if target is None and rule is not None and rule.target_type is not None:
+            target = Target(type=rule.target_type)
+        metadata: dict[str, Any] | None = None
+        if values is not None and rule is not None and rule.metadata:
+            metadata = {key: values.get(Source.parse(spec)) for key, spec in rule.metadata.items()}
         if ctx.metadata:
-            metadata.update(ctx.metadata)
+            metadata = {**(metadata or {}), **ctx.metadata}
         event_id = uuid7(ctx.started_ns)
         return AuditEvent(
-            id=event_id,
-            occurred_at=format_timestamp(ctx.started_ns),
-            action=action,
-            outcome=outcome,
-            actor=ctx.actor or ctx.resolved_actor or ANONYMOUS,
-            org_id=None if org is None else self.redactor.scalar("org_id", org),
-            target=target,
-            request=self._request_info(view, params, match.route, event_id, ctx, status),
-            client=self._client_info(view),
-            error=None if ctx.error_type is None else ErrorInfo(ctx.error_type[:256]),
-            metadata=self.redactor.metadata(metadata) if metadata else {},
+            event_id,
+            format_timestamp(ctx.started_ns),
+            action,
+            outcome,
+            ctx.actor or ctx.resolved_actor or ANONYMOUS,
+            None if org is None else self.redactor.scalar("org_id", org),
+            target,
+            *self._request_info(view, params, match.route, event_id, ctx, status),
+            None if ctx.error_type is None else ErrorInfo(ctx.error_type[:256]),
+            self.redactor.metadata(metadata) if metadata else _EMPTY,
         )
+
+    def _org_from_params(self, params: Mapping[str, str]) -> str | None:
+        if params:
+            for name in self.config.org_params:
+                if params.get(name):
+                    return params[name]
+        return None
 
     def _request_info(
         self,
@@ -127,36 +151,51 @@ class EventBuilder:
         event_id: str,
         ctx: RequestContext | None,
         status: int | None,
-    ) -> RequestInfo:
+    ) -> tuple[RequestInfo, ClientInfo]:
+        """The request and client parts, from one pass over the headers."""
+        user_agent, request_id, picked = _scan_headers(view.headers, self._allowed_headers)
+        rid = None if request_id is None else request_id.decode("latin-1")
+        if rid is None or not _REQUEST_ID.fullmatch(rid):
+            rid = event_id
         path = view.path
-        for name, value in params.items():
-            if value and self.redactor.is_secret_key(name):
-                path = path.replace(value, REDACTED)
-        request_id = _header(view, b"x-request-id")
-        if request_id is None or not _REQUEST_ID.fullmatch(request_id):
-            request_id = event_id
-        return RequestInfo(
-            id=request_id,
-            method=clean_text(view.method, 32),
-            path=clean_text(path, MAX_PATH),
-            route=None if route is None else clean_text(route, MAX_PATH),
-            status=status,
-            duration_ms=None if ctx is None else round(ctx.duration_ns / 1e6, 3),
-            completed=None if ctx is None else ctx.completed,
-            query=self.redactor.query(view.query) if view.query else {},
-            headers=self.redactor.headers(view.headers),
+        for param, param_value in params.items():
+            if param_value and self.redactor.is_secret_key(param):
+                path = path.replace(param_value, REDACTED)
+        request = RequestInfo(
+            rid,
+            view.method if view.method in _METHODS else clean_text(view.method, 32),
+            _clean_short(path, MAX_PATH) if len(path) <= 1024 else clean_text(path, MAX_PATH),
+            None if route is None else _clean_short(route, MAX_PATH),
+            status,
+            None if ctx is None else round(ctx.duration_ns / 1e6, 3),
+            None if ctx is None else ctx.completed,
+            self.redactor.query(view.query) if view.query else _EMPTY,
+            self._headers(tuple(picked)) if picked else _EMPTY,
         )
+        if self.config.trusted_proxies.enabled:
+            client = self._client_uncached(view.peer, user_agent, view.headers)
+        elif user_agent is None or len(user_agent) <= 1024:
+            client = self._client(view.peer, user_agent, ())
+        else:
+            client = self._client_uncached(view.peer, user_agent, ())
+        return request, client
 
-    def _client_info(self, view: RequestView) -> ClientInfo:
+    def _headers_uncached(self, picked: tuple[tuple[bytes, bytes], ...]) -> Mapping[str, str]:
+        return MappingProxyType(self.redactor.headers(picked))  # shared by events: read-only
+
+    def _client_uncached(
+        self, peer: str | None, user_agent: bytes | None, headers: Sequence[tuple[bytes, bytes]]
+    ) -> ClientInfo:
+        trust = self.config.trusted_proxies
+        peer_ip = resolve_client_ip(peer, (), _NO_TRUST)
+        ip = resolve_client_ip(peer, headers, trust) if trust.enabled else peer_ip
         mode = self.config.ip_privacy
-        peer = resolve_client_ip(view.peer, (), _NO_TRUST)
-        ip = resolve_client_ip(view.peer, view.headers, self.config.trusted_proxies)
-        ua = _header(view, b"user-agent")
-        return ClientInfo(
-            ip=anonymize_ip(ip, mode),
-            peer=anonymize_ip(peer, mode),
-            user_agent=None if ua is None else clean_text(ua, self.config.user_agent_max_length),
-        )
+        if mode != "full":
+            ip, peer_ip = anonymize_ip(ip, mode), anonymize_ip(peer_ip, mode)
+        ua = None
+        if user_agent is not None:
+            ua = clean_text(user_agent, self.config.user_agent_max_length)
+        return ClientInfo(ip, peer_ip, ua)
 
     # -- explicit records ---------------------------------------------------------------------
 
@@ -166,8 +205,7 @@ class EventBuilder:
         if rec.context is not None:
             view = asgi_view(rec.context.scope)
             params = {str(k): str(v) for k, v in view.path_params.items()}
-            request = self._request_info(view, params, view.route, event_id, None, None)
-            client = self._client_info(view)
+            request, client = self._request_info(view, params, view.route, event_id, None, None)
         return AuditEvent(
             id=event_id,
             occurred_at=format_timestamp(rec.occurred_ns),
@@ -180,6 +218,39 @@ class EventBuilder:
             client=client,
             metadata=self.redactor.metadata(rec.metadata) if rec.metadata else {},
         )
+
+
+@functools.lru_cache(maxsize=4096)
+def _clean_short(text: str, max_length: int) -> str:
+    """clean_text for short values that repeat (routes, paths, User-Agents)."""
+    return clean_text(text, max_length)
+
+
+def _scan_headers(
+    headers: Sequence[tuple[bytes, bytes]], allowed: frozenset[bytes]
+) -> tuple[bytes | None, bytes | None, list[tuple[bytes, bytes]]]:
+    """One pass: the User-Agent, the X-Request-ID and the allow-listed headers."""
+    user_agent = request_id = None
+    picked: list[tuple[bytes, bytes]] = []
+    try:
+        for name, value in headers:
+            if name == b"user-agent":
+                user_agent = value
+            elif name == b"x-request-id":
+                request_id = value
+            if name in allowed:
+                picked.append((name, value))
+    except (TypeError, ValueError):  # malformed items from a buggy server: skip them
+        return _scan_headers([h for h in headers if _is_header(h)], allowed)
+    return (
+        user_agent if type(user_agent) is bytes else None,
+        request_id if type(request_id) is bytes else None,
+        picked,
+    )
+
+
+def _is_header(item: object) -> bool:
+    return isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], bytes)
 
 
 def _header(view: RequestView, name: bytes) -> str | None:
@@ -203,13 +274,8 @@ class _Values:
 
     def org(self, rule: Rule | None) -> str | None:
         if rule is not None and rule.org is not None:
-            found = self.get(Source.parse(rule.org))
-            if found is not None:
-                return found
-        for name in self._builder.config.org_params:
-            if self._params.get(name):
-                return self._params[name]
-        return self._ctx.resolved_org
+            return self.get(Source.parse(rule.org))
+        return None
 
     def target(self, rule: Rule | None) -> Target | None:
         if rule is None or rule.target_type is None:

@@ -33,54 +33,35 @@ _UNSET: Any = object()
 
 
 class RequestContext:
-    """Everything captured about one request; filled on the request path, read by the worker."""
+    """Everything captured about one request; filled on the request path, read by the worker.
 
-    __slots__ = (
-        "action",
-        "actor",
-        "auditor",
-        "completed",
-        "disconnected",
-        "duration_ns",
-        "error_type",
-        "metadata",
-        "org_id",
-        "protocol",
-        "resolved_actor",
-        "resolved_org",
-        "response_body",
-        "response_headers",
-        "scope",
-        "skip",
-        "started_ns",
-        "status",
-        "target",
-    )
+    Defaults live on the class so that creating one per request sets only three attributes.
+    """
 
-    def __init__(
-        self, auditor: Auditor, scope: Mapping[str, Any], protocol: str, started_ns: int
-    ) -> None:
+    # Response facts, set by the protocol glue.
+    duration_ns = 0
+    status = 0
+    completed = False
+    disconnected = False
+    error_type: str | None = None
+    response_headers: Any = None
+    response_body: list[bytes] | None = None
+    # Hints from handler code (set_actor & co.); they win over rules and resolvers.
+    actor: Actor | None = None
+    target: Target | None = None
+    org_id: Any = _UNSET
+    action: str | None = None
+    metadata: dict[str, Any] | None = None
+    skip = False
+    # Filled by resolvers when the request ends.
+    resolved_actor: Actor | None = None
+    resolved_org: str | None = None
+    protocol = "asgi"
+
+    def __init__(self, auditor: Auditor, scope: Mapping[str, Any], started_ns: int) -> None:
         self.auditor = auditor
         self.scope = scope
-        self.protocol = protocol
         self.started_ns = started_ns
-        self.duration_ns = 0
-        self.status = 0
-        self.completed = False
-        self.disconnected = False
-        self.error_type: str | None = None
-        self.response_headers: Any = None
-        self.response_body: list[bytes] | None = None
-        # Hints from handler code (set_actor & co.); they win over rules and resolvers.
-        self.actor: Actor | None = None
-        self.target: Target | None = None
-        self.org_id: Any = _UNSET
-        self.action: str | None = None
-        self.metadata: dict[str, Any] | None = None
-        self.skip = False
-        # Filled by resolvers when the request ends.
-        self.resolved_actor: Actor | None = None
-        self.resolved_org: str | None = None
 
 
 _current: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar(

@@ -30,23 +30,29 @@ def uuid7(unix_ns: int | None = None) -> str:
         else:
             counter = rand >> 62  # random 11-bit start leaves room to count upwards
             if ms >= _last_ms:
-                _last_ms, _counter = ms, counter
-    value = (
-        (ms & 0xFFFF_FFFF_FFFF) << 80
-        | 0x7 << 76
-        | counter << 64
-        | 0b10 << 62
-        | rand & 0x3FFF_FFFF_FFFF_FFFF
+                _last_ms = ms
+                _counter = counter
+    # 48-bit ms | version 7 + 12-bit counter | variant 10 + 62 random bits
+    ms &= 0xFFFF_FFFF_FFFF
+    return (
+        f"{ms >> 16:08x}-{ms & 0xFFFF:04x}-{0x7000 | counter:04x}-"
+        f"{0x8000 | (rand >> 48) & 0x3FFF:04x}-{rand & 0xFFFF_FFFF_FFFF:012x}"
     )
-    h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_ts_cache: tuple[int, str] = (-1, "")
 
 
 def format_timestamp(unix_ns: int) -> str:
     """Format ``unix_ns`` as RFC 3339 UTC with microseconds and a ``Z`` suffix."""
+    global _ts_cache
     seconds, rem_ns = divmod(unix_ns, 1_000_000_000)
-    t = time.gmtime(seconds)
-    return (
-        f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T"
-        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}.{rem_ns // 1000:06d}Z"
-    )
+    cached_seconds, prefix = _ts_cache
+    if seconds != cached_seconds:  # events cluster within a second: format its prefix once
+        t = time.gmtime(seconds)
+        prefix = (
+            f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T"
+            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
+        )
+        _ts_cache = (seconds, prefix)
+    return f"{prefix}.{rem_ns // 1000:06d}Z"

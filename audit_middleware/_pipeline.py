@@ -126,8 +126,9 @@ class _Lane:
                     )
                     return
                 self.pending += len(item)
-            else:
-                self._deadline = min(self._deadline, item.deadline) if item.stop else self._deadline
+            elif item.stop:
+                self._deadline = min(self._deadline, item.deadline)
+                self._stopping.set()  # cut a retry backoff short; the deadline now rules
             self._items.append(item)
             self._cond.notify()
 
@@ -148,14 +149,11 @@ class _Lane:
                 except Exception:
                     logger.exception("audit exporter %r failed to flush", self.name)
                     ok = False
-                item.lane_done(ok and self.dropped_before_marker_ok())
+                item.lane_done(ok)
                 if item.stop:
                     return
                 continue
             self._export(item)
-
-    def dropped_before_marker_ok(self) -> bool:
-        return True
 
     def _export(self, batch: list[AuditEvent]) -> None:
         attempt = 0
@@ -308,13 +306,16 @@ class DeliveryPipeline:
     def _drain(self) -> bool:
         """Move everything queued to the lanes; True once a stop marker went through."""
         queue = self._queue
+        build = self._build
+        on_built = self._on_built
+        batch_size = self.batch_size
         batch: list[AuditEvent] = []
         while queue:
             try:
                 item = queue.popleft()
             except IndexError:
                 break
-            if isinstance(item, _Marker):
+            if type(item) is _Marker:
                 self._dispatch(batch)
                 batch = []
                 for lane in self._lanes:
@@ -324,17 +325,17 @@ class DeliveryPipeline:
                 continue
             self._processed += 1
             try:
-                event = self._build(item)
+                event = build(item)
             except Exception:
                 self._build_errors += 1
                 logger.exception("could not build an audit event; it is lost (counted)")
                 continue
             if event is None:
                 continue
-            if self._on_built is not None and event is not item:
-                self._on_built(event)
+            if on_built is not None and event is not item:
+                on_built(event)
             batch.append(event)
-            if len(batch) >= self.batch_size:
+            if len(batch) >= batch_size:
                 self._dispatch(batch)
                 batch = []
         self._dispatch(batch)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from types import MappingProxyType
+from typing import Final, Literal, NamedTuple
 
 from audit_middleware._event import OUTCOMES, Outcome
 
@@ -36,6 +38,7 @@ _CONVERTOR_REGEX: Final = {
     "uuid": "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}",
 }
 _STATUS_CLASS = re.compile(r"[1-5]xx")
+_NO_PARAMS: Final[Mapping[str, str]] = MappingProxyType({})
 
 
 MAX_ACTION_LENGTH: Final = 128
@@ -144,12 +147,15 @@ class Rule:
     @property
     def sources(self) -> tuple[Source, ...]:
         """Every value source this rule reads."""
-        specs = (self.target_id, self.org, *self.metadata.values())
-        return tuple(Source.parse(s) for s in specs if s is not None)
+        return _sources(self.target_id, self.org, tuple(self.metadata.values()))
 
 
-@dataclass(frozen=True, slots=True)
-class RuleMatch:
+@functools.lru_cache(maxsize=4096)
+def _sources(target_id: str | None, org: str | None, meta: tuple[str, ...]) -> tuple[Source, ...]:
+    return tuple(Source.parse(s) for s in (target_id, org, *meta) if s is not None)
+
+
+class RuleMatch(NamedTuple):
     """A rule that matched, the route template and the path parameters it captured."""
 
     rule: Rule | None
@@ -196,16 +202,16 @@ class RuleSet:
     def match(self, method: str, route: str | None, path: str) -> RuleMatch:
         """Find the rule for this request; the framework's template wins over path matching."""
         if route is not None:
-            template = normalize_template(route)
+            template = normalize_template(route) if ":" in route else route
             rule = self._exact.get((method, template)) or self._exact.get(("*", template))
             if rule is not None:
-                return RuleMatch(rule, route, {})
+                return RuleMatch(rule, route, _NO_PARAMS)
         for rule_method, pattern, rule in self._patterns:
             if rule_method in (method, "*"):
                 m = pattern.fullmatch(path)
                 if m is not None:
                     return RuleMatch(rule, rule.route, m.groupdict())
-        return RuleMatch(None, route, {})
+        return RuleMatch(None, route, _NO_PARAMS)
 
     def default_action(self, method: str) -> str | None:
         """The generic action for an unmatched request, or None when the policy skips it."""

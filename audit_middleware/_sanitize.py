@@ -21,11 +21,12 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import functools
 import math
 import re
 from collections.abc import Iterable, Mapping
 from itertools import islice
-from typing import Final, TypeAlias
+from typing import Any, Final, TypeAlias
 from urllib.parse import parse_qsl
 
 import orjson
@@ -266,6 +267,25 @@ def looks_like_secret_value(value: str) -> bool:
     return _TOKEN_RE.search(value) is not None
 
 
+def _take(items: Iterable[Any], limit: int) -> list[Any]:
+    """Up to ``limit`` items; an iterable that breaks midway yields what came before."""
+    taken: list[Any] = []
+    with contextlib.suppress(Exception):
+        for item in islice(items, limit):
+            taken.append(item)
+    return taken
+
+
+def _redact(text: str) -> str:
+    return REDACTED if looks_like_secret_value(text) else text
+
+
+@functools.lru_cache(maxsize=2048)
+def _clean_header_value(value: bytes, limit: int) -> str:
+    """Short header values repeat across requests (host, content type): clean each once."""
+    return _redact(clean_text(value, limit))
+
+
 def _key_words(key: str) -> list[str]:
     """Split a key into lowercase words: camelCase, separators, letter/digit boundaries."""
     return _WORD_RE.findall(_CAMEL_RE.sub("_", key).lower())
@@ -342,8 +362,14 @@ class Redactor:
                 )
             allowed.add(name)
         self._header_allowlist = frozenset(allowed)
+        self._header_allow_bytes = frozenset(h.encode("latin-1", "replace") for h in allowed)
 
     # -- keys -----------------------------------------------------------------------------
+
+    @property
+    def allowed_header_names(self) -> frozenset[bytes]:
+        """The allow-listed header names, lowercase, as bytes (as ASGI delivers them)."""
+        return self._header_allow_bytes
 
     def is_secret_key(self, key: str) -> bool:
         """Return True if *key* names a secret.
@@ -391,6 +417,33 @@ class Redactor:
 
     def headers(self, raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
         """Return allow-listed headers (first 200 lines) as cleaned, joined values."""
+        items = raw if isinstance(raw, list | tuple) else _take(raw, _MAX_HEADER_LINES)
+        try:
+            return self._headers_fast(items)
+        except Exception:  # anything unusual: the careful path below
+            return self._headers_careful(items)
+
+    def _headers_fast(self, raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+        """Well-formed ASGI headers (lowercase bytes names, short values); raises otherwise."""
+        allowed = self._header_allow_bytes
+        limit = self._max_string
+        out: dict[str, str] = {}
+        for name, value in islice(raw, _MAX_HEADER_LINES):
+            if name in allowed:
+                if len(value) > limit or type(value) is not bytes:
+                    raise ValueError("long or unusual value")
+                key = name.decode("latin-1")
+                if key in out:
+                    raise ValueError("repeated header")
+                out[key] = (
+                    _clean_header_value(value, limit)
+                    if len(value) <= 256
+                    else _redact(clean_text(value, limit))
+                )
+        return out
+
+    def _headers_careful(self, raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+        allowed = self._header_allow_bytes
         collected: dict[str, list[str]] = {}
         sizes: dict[str, int] = {}
         # A broken iterable simply ends the loop: keep what was collected.
@@ -400,13 +453,16 @@ class Redactor:
                     raw_name, raw_value = item
                 except (TypeError, ValueError):
                     continue
-                if not isinstance(raw_name, bytes | bytearray | str) or (
-                    len(raw_name) > _MAX_KEY_CHARS  # longer than any name worth recording
-                ):
+                # Fast path: ASGI names are lowercase bytes; only allow-listed ones are decoded.
+                if type(raw_name) is bytes:
+                    key = raw_name if raw_name in allowed else raw_name.lower()
+                elif isinstance(raw_name, bytes | bytearray | str):
+                    key = _to_text(raw_name, _MAX_KEY_CHARS).lower().encode("latin-1", "replace")
+                else:
                     continue
-                name = _to_text(raw_name, _MAX_KEY_CHARS).lower()
-                if name not in self._header_allowlist or self._never_recorded(name):
+                if key not in allowed:
                     continue
+                name = key.decode("latin-1")  # never-recorded names were refused in __init__
                 if not isinstance(raw_value, bytes | bytearray | str):
                     continue
                 if sizes.get(name, 0) > self._max_string:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = ["RequestView", "asgi_view", "route_template"]
 
 
-@dataclass(frozen=True, slots=True)
-class RequestView:
+class RequestView(NamedTuple):
     """The protocol-neutral facts the event builder needs."""
 
     method: str
@@ -47,11 +45,11 @@ def asgi_view(scope: Mapping[str, Any]) -> RequestView:
     peer = client[0] if client else None
     params = scope.get("path_params")
     return RequestView(
-        method=str(scope.get("method", "GET")),
-        path=str(scope.get("path", "")),
-        query=scope.get("query_string") or b"",
-        headers=scope.get("headers") or (),
-        peer=peer if isinstance(peer, str) else None,
-        path_params=params if isinstance(params, Mapping) else {},
-        route=route_template(scope),
+        str(scope.get("method", "GET")),
+        str(scope.get("path", "")),
+        scope.get("query_string") or b"",
+        scope.get("headers") or (),
+        peer if isinstance(peer, str) else None,
+        params if isinstance(params, Mapping) else {},
+        route_template(scope) if "route" in scope else None,
     )
