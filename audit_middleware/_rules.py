@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -101,6 +100,7 @@ class Rule:
     target_id: str | None = None
     org: str | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
+    sources: tuple[Source, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         method = self.method.upper()
@@ -129,9 +129,9 @@ class Rule:
                     )
         if self.target_id is not None and self.target_type is None:
             raise ValueError(f"rule {self.method} {self.route}: target_id needs target_type")
-        for spec in (self.target_id, self.org, *self.metadata.values()):
-            if spec is not None:
-                Source.parse(spec)
+        specs = (self.target_id, self.org, *self.metadata.values())
+        # Every value source this rule reads, parsed once.
+        object.__setattr__(self, "sources", tuple(Source.parse(s) for s in specs if s is not None))
 
     def action_for(self, status: int | None, outcome: Outcome) -> str | None:
         """The action for this outcome, or None when the rule does not name one."""
@@ -143,16 +143,6 @@ class Rule:
             if found:
                 return found
         return mapping.get(outcome) or mapping.get("*")
-
-    @property
-    def sources(self) -> tuple[Source, ...]:
-        """Every value source this rule reads."""
-        return _sources(self.target_id, self.org, tuple(self.metadata.values()))
-
-
-@functools.lru_cache(maxsize=4096)
-def _sources(target_id: str | None, org: str | None, meta: tuple[str, ...]) -> tuple[Source, ...]:
-    return tuple(Source.parse(s) for s in (target_id, org, *meta) if s is not None)
 
 
 class RuleMatch(NamedTuple):
