@@ -24,7 +24,19 @@ __all__ = [
 
 ACTION_PATTERN: Final = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*){1,4}")
 STATE_CHANGING_METHODS: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-SOURCE_KINDS: Final = ("path", "query", "header", "response", "response_header")
+SOURCE_KINDS: Final = (
+    "path",
+    "query",
+    "header",
+    "body",
+    "jwt",
+    "response",
+    "response_header",
+    "response_jwt",
+)
+#: Kinds whose values need a copy of the request body / the response body.
+REQUEST_BODY_KINDS: Final = frozenset({"body"})
+RESPONSE_BODY_KINDS: Final = frozenset({"response", "response_jwt"})
 UnmatchedPolicy = Literal["state_changing", "all", "none"]
 UNMATCHED_POLICIES: Final[tuple[UnmatchedPolicy, ...]] = ("state_changing", "all", "none")
 
@@ -63,8 +75,15 @@ def generic_action(method: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Source:
-    """Where a value comes from: ``path.<param>``, ``query.<name>``, ``header.<name>``,
-    ``response.<json.path>`` (a JSON response body field) or ``response_header.<name>``."""
+    """Where a value comes from.
+
+    ``path.<param>``, ``query.<name>``, ``header.<name>``; ``body.<field>``: one field of a
+    JSON or form request body (at most 64 KiB, only if the app read it; never a secret-named
+    field); ``jwt.<claim>``: a claim of the request's verified bearer token;
+    ``response.<json.path>``: a field of a JSON response body; ``response_header.<name>``;
+    ``response_jwt.<json.path>``: a token in the JSON response, verified, giving its claims
+    (its subject for ``actor_id``).
+    """
 
     kind: str
     name: str
@@ -80,6 +99,11 @@ class Source:
             )
         if kind in ("header", "response_header"):
             name = name.lower()
+        if kind == "body" and _is_secret_field(name):
+            raise ValueError(
+                f"value source {spec!r} names a secret field: a request body's passwords, "
+                "tokens and secrets are never read"
+            )
         return cls(kind, name)
 
 
@@ -90,7 +114,9 @@ class Rule:
     ``action`` is a string, or a mapping whose keys are a status (``"401"``), a status class
     (``"4xx"``), an outcome (``"success"``, ``"denied"``, ``"failure"``, ``"error"``) or ``"*"``,
     tried in that order. ``None`` means: never audit this route. ``target_id``, ``org`` and
-    ``metadata`` values are sources such as ``path.key_id`` or ``response.id``.
+    ``metadata`` values are sources such as ``path.key_id`` or ``response.id``; ``actor_id``
+    and ``actor_email`` name who acted where the request carries no authenticated user yet
+    (``response_jwt.access_token`` on a login, ``body.email`` on a password reset request).
     """
 
     method: str
@@ -100,6 +126,8 @@ class Rule:
     target_id: str | None = None
     org: str | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
+    actor_id: str | None = None
+    actor_email: str | None = None
     sources: tuple[Source, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -129,7 +157,7 @@ class Rule:
                     )
         if self.target_id is not None and self.target_type is None:
             raise ValueError(f"rule {self.method} {self.route}: target_id needs target_type")
-        specs = (self.target_id, self.org, *self.metadata.values())
+        specs = (self.target_id, self.org, self.actor_id, self.actor_email, *self.metadata.values())
         # Every value source this rule reads, parsed once.
         object.__setattr__(self, "sources", tuple(Source.parse(s) for s in specs if s is not None))
 
@@ -175,7 +203,10 @@ class RuleSet:
             self._patterns.append((rule.method, _compile(rule.route), rule))
         self.rule_methods: frozenset[str] = frozenset(r.method for r in self.rules)
         self.body_methods: frozenset[str] = frozenset(
-            r.method for r in self.rules if any(s.kind == "response" for s in r.sources)
+            r.method for r in self.rules if any(s.kind in RESPONSE_BODY_KINDS for s in r.sources)
+        )
+        self.request_body_methods: frozenset[str] = frozenset(
+            r.method for r in self.rules if any(s.kind in REQUEST_BODY_KINDS for s in r.sources)
         )
         self.response_header_methods: frozenset[str] = frozenset(
             r.method for r in self.rules if any(s.kind == "response_header" for s in r.sources)
@@ -210,6 +241,12 @@ class RuleSet:
         ):
             return generic_action(method)
         return None
+
+
+def _is_secret_field(name: str) -> bool:
+    from audit_middleware._sanitize import Redactor  # noqa: PLC0415 - avoid an import cycle
+
+    return Redactor().is_secret_key(name)
 
 
 def _compile(template: str) -> re.Pattern[str]:
