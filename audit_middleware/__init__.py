@@ -1,10 +1,12 @@
-"""Audit logs for B2B SaaS: ``app = AuditMiddleware(app)`` turns requests into audit events.
+"""Audit logs for B2B SaaS: ``app = AuditMiddleware(app)`` (ASGI) or ``AuditWSGIMiddleware(app)``
+(WSGI) turns requests into audit events.
 
 Capture happens here; delivery lives in the ``exporters`` package.
 """
 
 from audit_middleware._asgi import AuditMiddleware
 from audit_middleware._auditor import Auditor, get_default_auditor, record
+from audit_middleware._bruteforce import BruteForcePolicy
 from audit_middleware._client_ip import ProxyTrust
 from audit_middleware._config import ENV, AuditConfig, AuditConfigError
 from audit_middleware._context import (
@@ -25,10 +27,13 @@ from audit_middleware._event import (
     Target,
 )
 from audit_middleware._export import Exporter, ExportResult
+from audit_middleware._jwt import JWTConfig
 from audit_middleware._pipeline import ExporterStats, PipelineStats
 from audit_middleware._rules import Rule
+from audit_middleware._rules_file import RulesFileError, load_rules_file
 from audit_middleware._schema import load_schema, schema_path
 from audit_middleware._version import __version__
+from audit_middleware._wsgi import AuditWSGIMiddleware
 
 __all__ = [
     "ENV",
@@ -38,20 +43,25 @@ __all__ = [
     "AuditConfigError",
     "AuditEvent",
     "AuditMiddleware",
+    "AuditWSGIMiddleware",
     "Auditor",
+    "BruteForcePolicy",
     "ClientInfo",
     "ErrorInfo",
     "ExportResult",
     "Exporter",
     "ExporterStats",
+    "JWTConfig",
     "PipelineStats",
     "ProxyTrust",
     "RequestInfo",
     "Rule",
+    "RulesFileError",
     "Target",
     "__version__",
     "add_metadata",
     "get_default_auditor",
+    "load_rules_file",
     "load_schema",
     "record",
     "schema_path",

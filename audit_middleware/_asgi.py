@@ -12,7 +12,7 @@ from time import perf_counter_ns, time_ns
 from typing import Any
 
 from audit_middleware._auditor import Auditor
-from audit_middleware._builder import MAX_RESPONSE_BODY
+from audit_middleware._builder import MAX_REQUEST_BODY, MAX_RESPONSE_BODY
 from audit_middleware._context import RequestContext, _current
 from audit_middleware._warn import logger, warn_limited
 
@@ -48,12 +48,15 @@ class AuditMiddleware:
                 await self.app(scope, receive, send)
             return
 
-        ctx = RequestContext(auditor, scope, time_ns())
+        method = scope["method"]
+        ctx = RequestContext(auditor, scope, method, time_ns())
         start = perf_counter_ns()
         rules = auditor.rules
-        method = scope["method"]
         keep_body = method in rules.body_methods
         keep_headers = keep_body or method in rules.response_header_methods
+        keep_request = method in rules.request_body_methods
+        if keep_request:
+            ctx.request_body = []
 
         async def audit_send(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -63,7 +66,7 @@ class AuditMiddleware:
                 await send(message)
             elif message["type"] == "http.response.body":
                 if keep_body:
-                    _keep_chunk(ctx, message.get("body", b""))
+                    keep_chunk(ctx, message.get("body", b""))
                 await send(message)
                 if not message.get("more_body", False):
                     ctx.duration_ns = perf_counter_ns() - start
@@ -75,6 +78,8 @@ class AuditMiddleware:
             message = await receive()
             if message["type"] == "http.disconnect" and not ctx.duration_ns:
                 ctx.disconnected = True
+            elif keep_request and message["type"] == "http.request":
+                keep_request_chunk(ctx, message.get("body", b""))
             return message
 
         token = _current.set(ctx)
@@ -109,10 +114,17 @@ class AuditMiddleware:
         return lifespan_send
 
 
-def _keep_chunk(ctx: RequestContext, chunk: bytes) -> None:
+def keep_chunk(ctx: RequestContext, chunk: bytes) -> None:
     """Keep a bounded copy (by reference) of the response body for ``response.*`` sources."""
     kept = ctx.response_body
     if kept is None:
         kept = ctx.response_body = []
     if chunk and sum(map(len, kept)) <= MAX_RESPONSE_BODY:
         kept.append(chunk)  # stops once over the cap; the builder then ignores the body
+
+
+def keep_request_chunk(ctx: RequestContext, chunk: bytes) -> None:
+    """Keep a bounded copy of the request body the app reads, for ``body.*`` sources."""
+    kept = ctx.request_body
+    if kept is not None and chunk and sum(map(len, kept)) <= MAX_REQUEST_BODY:
+        kept.append(chunk)

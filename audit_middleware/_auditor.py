@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from types import EllipsisType
 from typing import Any
 
 from audit_middleware import _hooks
+from audit_middleware._bruteforce import BruteForceDetector, BruteForcePolicy
 from audit_middleware._builder import EventBuilder, ExplicitRecord
 from audit_middleware._client_ip import ProxyTrust
 from audit_middleware._config import AuditConfig, AuditConfigError, IpPrivacy, OverflowPolicy
 from audit_middleware._context import RequestContext, current_context, org_was_set
 from audit_middleware._event import ANONYMOUS, OUTCOMES, Actor, AuditEvent, Outcome, Target
 from audit_middleware._export import Exporter
+from audit_middleware._jwt import JWTConfig, JWTVerifier
 from audit_middleware._pipeline import DeliveryPipeline, PipelineStats
-from audit_middleware._rules import Rule, RuleSet, UnmatchedPolicy, is_valid_action
+from audit_middleware._rules import Rule, RuleSet, Source, UnmatchedPolicy, is_valid_action
+from audit_middleware._rules_file import RulesConfig, load_rules_file
 from audit_middleware._sanitize import Redactor
 from audit_middleware._warn import logger, warn_limited
 from audit_middleware.resolvers import ActorResolver, OrgResolver, scope_user_actor, scope_user_org
@@ -55,9 +59,16 @@ class Auditor:
         export_retries: int | None = None,
         shutdown_timeout: float | None = None,
         log_output: str | None = None,
+        rules_file: str | os.PathLike[str] | None = None,
+        org_sources: Sequence[str] | None = None,
+        jwt: JWTConfig | None = None,
+        brute_force: BruteForcePolicy | None = None,
+        brute_force_threshold: int | None = None,
+        brute_force_window: float | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> None:
         global _default
+        env = os.environ if environ is None else environ
         overrides: dict[str, object] = {
             "enabled": enabled,
             "unmatched": unmatched,
@@ -75,11 +86,25 @@ class Auditor:
             "export_retries": export_retries,
             "shutdown_timeout": shutdown_timeout,
             "log_output": log_output,
+            "rules_file": None if rules_file is None else os.fspath(rules_file),
+            "org_sources": org_sources,
+            "brute_force_threshold": brute_force_threshold,
+            "brute_force_window": brute_force_window,
         }
         if exporters is not None:
             overrides["exporters"] = tuple(e for e in exporters if isinstance(e, str))
-        self.config = config = AuditConfig.resolve(overrides, environ)
-        self.rules = RuleSet(rules or (), config.unmatched)
+        self.config = config = AuditConfig.resolve(overrides, env)
+        from_file = load_rules_file(config.rules_file) if config.rules_file else None
+        policy = config.unmatched
+        explicit = unmatched is not None or "AUDIT_LOG_UNMATCHED" in env
+        if from_file is not None and from_file.unmatched and not explicit:
+            policy = from_file.unmatched  # keyword > environment > file > default
+        all_rules = [*(rules or ()), *(from_file.rules if from_file else ())]
+        try:
+            self.rules = RuleSet(all_rules, policy)
+        except ValueError as exc:
+            raise AuditConfigError(f"rules: {exc}") from exc
+        sources = config.org_sources or (from_file.org_sources if from_file else ())
         self.redactor = Redactor(
             extra_secret_keys=config.redact_keys, header_allowlist=config.headers
         )
@@ -91,13 +116,25 @@ class Auditor:
         )
         # The built-in resolvers only read scope["user"]: skip them when there is none.
         self._user_only = actor_resolvers is None and org_resolvers is None
-        self.builder = EventBuilder(config, self.rules, self.redactor)
+        jwt_config = jwt or _jwt_from_config(config, env) or _jwt_from_file(from_file, env)
+        self.builder = EventBuilder(
+            config,
+            self.rules,
+            self.redactor,
+            jwt=None if jwt_config is None else JWTVerifier(jwt_config),
+            org_sources=[Source.parse(spec) for spec in sources],
+        )
+        if brute_force is None and config.brute_force_threshold:
+            brute_force = BruteForcePolicy(
+                threshold=config.brute_force_threshold, window_seconds=config.brute_force_window
+            )
+        self.brute_force = None if brute_force is None else BruteForceDetector(brute_force)
         self.exporters = _make_exporters(exporters, config)
         if not self.exporters:
             logger.warning("audit: no exporters configured; events are built but delivered nowhere")
         self.pipeline = DeliveryPipeline(
             self.exporters,
-            self.builder.build,
+            self._build,
             queue_size=config.queue_size,
             overflow=config.overflow,
             batch_size=config.batch_size,
@@ -113,7 +150,7 @@ class Auditor:
 
     def submit_request(self, ctx: RequestContext) -> None:
         """Called by the middleware once a request ended: resolve the actor, then enqueue."""
-        if ctx.skip or (ctx.action is None and not self.rules.may_audit(ctx.scope["method"])):
+        if ctx.skip or (ctx.action is None and not self.rules.may_audit(ctx.method)):
             return
         self._resolve(ctx)
         self._submit(ctx)
@@ -146,14 +183,26 @@ class Auditor:
     def _submit(self, item: object) -> None:
         hooks = _hooks.state
         if hooks.inline:
-            event = self.builder.build(item)
-            if event is None:
-                return
-            _hooks.notify(event)
-            if hooks.suppress_delivery:
-                return
-            item = event
+            events = self._build(item)
+            for event in events:
+                _hooks.notify(event)
+            if not hooks.suppress_delivery:
+                for event in events:
+                    self.pipeline.submit(event)
+            return
         self.pipeline.submit(item)
+
+    def _build(self, item: object) -> list[AuditEvent]:
+        """Build a queued item's event, plus any brute-force alert it completes."""
+        if type(item) is not RequestContext and isinstance(item, AuditEvent):
+            return [item]  # built inline already (and already observed)
+        event = self.builder.build(item)
+        if event is None:
+            return []
+        detector = self.brute_force
+        if detector is None or event.action not in detector.policy.actions:
+            return [event]
+        return [event, *(self.builder.alert_event(a) for a in detector.observe(event))]
 
     # -- explicit events ------------------------------------------------------------------------
 
@@ -227,6 +276,64 @@ def _notify_observers(event: AuditEvent) -> None:
             _hooks.notify(event)
         except Exception:
             logger.exception("audit event observer raised")
+
+
+def _jwt_from_config(config: AuditConfig, env: Mapping[str, str]) -> JWTConfig | None:
+    key = config.jwt_key
+    if config.jwt_key_file:
+        key = _read_key(config.jwt_key_file, "AUDIT_LOG_JWT_KEY_FILE")
+    if not key:
+        return None
+    if not config.jwt_algorithms:
+        raise AuditConfigError("AUDIT_LOG_JWT_ALGORITHMS is required with a JWT key, e.g. HS256")
+    try:
+        return JWTConfig(
+            key=key,
+            algorithms=config.jwt_algorithms,
+            audience=config.jwt_audience or None,
+            issuer=config.jwt_issuer or None,
+            org_claim=config.jwt_org_claim or None,
+        )
+    except ValueError as exc:
+        raise AuditConfigError(f"JWT settings: {exc}") from exc
+
+
+def _jwt_from_file(loaded: RulesConfig | None, env: Mapping[str, str]) -> JWTConfig | None:
+    settings = None if loaded is None else loaded.jwt
+    if settings is None or loaded is None:
+        return None
+    if settings.key_env is not None:
+        key = env.get(settings.key_env, "")
+        if not key:
+            raise AuditConfigError(
+                f"{loaded.path}: [jwt] key_env names {settings.key_env}, which is not set"
+            )
+    elif settings.key_file is not None:
+        key = _read_key(settings.key_file, f"{loaded.path} [jwt] key_file")
+    else:
+        key = settings.key or ""
+    try:
+        return JWTConfig(
+            key=key,
+            algorithms=settings.algorithms,
+            audience=settings.audience,
+            issuer=settings.issuer,
+            id_claim=settings.id_claim,
+            email_claim=settings.email_claim,
+            org_claim=settings.org_claim,
+            type_claim=settings.type_claim,
+            leeway_seconds=settings.leeway_seconds,
+        )
+    except ValueError as exc:
+        raise AuditConfigError(f"{loaded.path}: [jwt] {exc}") from exc
+
+
+def _read_key(path: str, what: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip()
+    except OSError as exc:
+        raise AuditConfigError(f"{what}: cannot read {path}: {exc.strerror}") from exc
 
 
 def _make_exporters(given: Sequence[Exporter | str] | None, config: AuditConfig) -> list[Exporter]:

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import functools
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final
+from urllib.parse import parse_qsl
 
 import orjson
 
+from audit_middleware._bruteforce import BruteForceAlert
 from audit_middleware._client_ip import ProxyTrust, anonymize_ip, resolve_client_ip
 from audit_middleware._config import AuditConfig
 from audit_middleware._context import RequestContext, org_was_set
@@ -31,14 +34,16 @@ from audit_middleware._event import (
     outcome_for_status,
 )
 from audit_middleware._ids import format_timestamp, uuid7
+from audit_middleware._jwt import JWTVerifier, bearer_token
 from audit_middleware._rules import Rule, RuleSet, Source
 from audit_middleware._sanitize import NEVER_RECORDED_HEADERS, REDACTED, Redactor, clean_text
-from audit_middleware._views import RequestView, asgi_view
+from audit_middleware._views import RequestView, request_view
 
 __all__ = ["EventBuilder", "ExplicitRecord"]
 
 MAX_PATH: Final = 2048
 MAX_RESPONSE_BODY: Final = 64 * 1024
+MAX_REQUEST_BODY: Final = 64 * 1024
 _NO_TRUST: Final = ProxyTrust()
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _METHODS: Final = frozenset(
@@ -64,10 +69,21 @@ class ExplicitRecord:
 class EventBuilder:
     """Builds events with one configuration; safe to call from any thread."""
 
-    def __init__(self, config: AuditConfig, rules: RuleSet, redactor: Redactor) -> None:
+    def __init__(
+        self,
+        config: AuditConfig,
+        rules: RuleSet,
+        redactor: Redactor,
+        *,
+        jwt: JWTVerifier | None = None,
+        org_sources: Sequence[Source] = (),
+    ) -> None:
         self.config = config
         self.rules = rules
         self.redactor = redactor
+        self.jwt = jwt
+        self.org_sources = tuple(org_sources)
+        self._always_values = jwt is not None or bool(self.org_sources)
         self._allowed_headers = redactor.allowed_header_names
         # Requests repeat routes and clients: bounded caches of pure functions of their inputs.
         self._match = functools.lru_cache(maxsize=4096)(rules.match)
@@ -89,7 +105,7 @@ class EventBuilder:
     def _from_request(self, ctx: RequestContext) -> AuditEvent | None:
         if ctx.skip:
             return None
-        view = asgi_view(ctx.scope)
+        view = request_view(ctx.scope, ctx.protocol)
         status = ctx.status or 500
         outcome = outcome_for_status(status, raised=ctx.error_type is not None)
         match = self._match(view.method, view.route, view.path)
@@ -106,14 +122,18 @@ class EventBuilder:
         params = {str(k): str(v) for k, v in view.path_params.items()} if view.path_params else {}
         if match.params:
             params.update(match.params)
-        values = _Values(self, view, ctx, params) if rule is not None and rule.sources else None
-
+        values = None
+        if self._always_values or (rule is not None and rule.sources):
+            values = _Values(self, view, ctx, params)
+        actor = ctx.actor or ctx.resolved_actor or (values and values.actor(rule)) or ANONYMOUS
         if org_was_set(ctx):
             org = ctx.org_id
         else:
             org = values.org(rule) if values is not None else None
             if org is None:
                 org = self._org_from_params(params) or ctx.resolved_org
+            if org is None and values is not None:
+                org = values.bearer_org()
         target = ctx.target or (values.target(rule) if values is not None else None)
         if target is None and rule is not None and rule.target_type is not None:
             target = Target(type=rule.target_type)
@@ -128,7 +148,7 @@ class EventBuilder:
             format_timestamp(ctx.started_ns),
             action,
             outcome,
-            ctx.actor or ctx.resolved_actor or ANONYMOUS,
+            actor,
             None if org is None else self.redactor.scalar("org_id", org),
             target,
             *self._request_info(view, params, match.route, event_id, ctx, status),
@@ -197,13 +217,44 @@ class EventBuilder:
             ua = clean_text(user_agent, self.config.user_agent_max_length)
         return ClientInfo(ip, peer_ip, ua)
 
+    # -- brute-force alerts --------------------------------------------------------------------
+
+    def alert_event(self, alert: BruteForceAlert) -> AuditEvent:
+        """``security.brute_force.suspected``: the IP or account that crossed the threshold."""
+        now = time.time_ns()
+        target = Target("ip", alert.key) if alert.dimension == "ip" else Target("user", alert.key)
+        return AuditEvent(
+            uuid7(now),
+            format_timestamp(now),
+            "security.brute_force.suspected",
+            "success",
+            ANONYMOUS,
+            alert.org_id,
+            target,
+            None,
+            ClientInfo(alert.ip, None, None),
+            None,
+            self.redactor.metadata(
+                {
+                    "dimension": alert.dimension,
+                    "failures": alert.count,
+                    "window_seconds": alert.window_seconds,
+                    "first_failure_at": format_timestamp(alert.first_at_ns),
+                    "last_failure_at": format_timestamp(alert.last_at_ns),
+                    "ip": alert.ip,
+                    "account": alert.account,
+                    "failure_event_ids": list(alert.event_ids[-10:]),
+                }
+            ),
+        )
+
     # -- explicit records ---------------------------------------------------------------------
 
     def _from_record(self, rec: ExplicitRecord) -> AuditEvent:
         event_id = uuid7(rec.occurred_ns)
         request = client = None
         if rec.context is not None:
-            view = asgi_view(rec.context.scope)
+            view = request_view(rec.context.scope, rec.context.protocol)
             params = {str(k): str(v) for k, v in view.path_params.items()}
             request, client = self._request_info(view, params, view.route, event_id, None, None)
         return AuditEvent(
@@ -261,7 +312,7 @@ def _header(view: RequestView, name: bytes) -> str | None:
 
 
 class _Values:
-    """Reads rule value sources for one request, parsing the response body at most once."""
+    """Reads value sources for one request, parsing each body and token at most once."""
 
     def __init__(
         self, builder: EventBuilder, view: RequestView, ctx: RequestContext, params: dict[str, str]
@@ -270,12 +321,58 @@ class _Values:
         self._view = view
         self._ctx = ctx
         self._params = params
-        self._body: Any = ...
+        self._response: Any = ...
+        self._request: Any = ...
+        self._bearer: Any = ...
+
+    def actor(self, rule: Rule | None) -> Actor | None:
+        """From the rule's ``actor_id`` / ``actor_email`` sources, else the bearer token."""
+        if rule is not None and rule.actor_id is not None:
+            source = Source.parse(rule.actor_id)
+            if source.kind == "response_jwt":
+                claims = self._response_claims(source.name)
+                found = (
+                    None
+                    if claims is None or self._builder.jwt is None
+                    else (self._builder.jwt.actor(claims))
+                )
+            else:
+                actor_id = self.get(source)
+                found = None if actor_id is None else Actor(id=actor_id)
+            if found is not None:
+                return found
+        if rule is not None and rule.actor_email is not None:
+            email = self.get(Source.parse(rule.actor_email))
+            if email is not None:
+                return Actor(id=None, type="anonymous", email=email[:320])
+        claims = self._bearer_claims()
+        if claims is not None and self._builder.jwt is not None:
+            return self._builder.jwt.actor(claims)
+        return None
 
     def org(self, rule: Rule | None) -> str | None:
+        """From the rule's ``org`` source, else the configured org sources in order."""
         if rule is not None and rule.org is not None:
-            return self.get(Source.parse(rule.org))
+            source = Source.parse(rule.org)
+            jwt = self._builder.jwt
+            if source.kind == "response_jwt":
+                claims = self._response_claims(source.name)
+                found = None if claims is None or jwt is None else jwt.org(claims)
+            else:
+                found = self.get(source)
+            if found is not None:
+                return found
+        for source in self._builder.org_sources:
+            found = self.get(source)
+            if found is not None:
+                return found
         return None
+
+    def bearer_org(self) -> str | None:
+        claims = self._bearer_claims()
+        if claims is None or self._builder.jwt is None:
+            return None
+        return self._builder.jwt.org(claims)
 
     def target(self, rule: Rule | None) -> Target | None:
         if rule is None or rule.target_type is None:
@@ -285,7 +382,9 @@ class _Values:
 
     def get(self, source: Source) -> str | None:
         raw = self._raw(source)
-        if raw is None or isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
+        if isinstance(raw, bool):
+            raw = "true" if raw else "false"
+        if raw is None or not isinstance(raw, (str, int, float)):
             return None
         return self._builder.redactor.scalar(source.name, raw)
 
@@ -300,21 +399,70 @@ class _Values:
                 return None
             return _header(self._view, name.encode("latin-1"))
         if kind == "response_header":
+            wanted = name.encode("latin-1")
             for key, value in self._ctx.response_headers or ():
-                if key.lower() == name.encode("latin-1"):
-                    return value.decode("latin-1")
+                key_b = key.encode("latin-1") if isinstance(key, str) else key
+                if key_b.lower() == wanted:
+                    return value.decode("latin-1") if isinstance(value, bytes) else value
             return None
-        found: Any = self._response_json()
-        for part in name.split("."):
-            found = found.get(part) if isinstance(found, dict) else None
-        return found
+        if kind == "jwt":
+            claims = self._bearer_claims()
+            return None if claims is None else claims.get(name)
+        if kind == "response_jwt":
+            claims = self._response_claims(name)
+            jwt = self._builder.jwt
+            return None if claims is None or jwt is None else claims.get(jwt.config.id_claim)
+        document = self._request_fields() if kind == "body" else self._response_json()
+        return _dig(document, name)
 
     def _response_json(self) -> Any:
-        if self._body is ...:
-            chunks = self._ctx.response_body or []
-            body = b"".join(chunks)
-            try:
-                self._body = orjson.loads(body) if 0 < len(body) <= MAX_RESPONSE_BODY else None
-            except orjson.JSONDecodeError:
-                self._body = None
-        return self._body
+        if self._response is ...:
+            self._response = _parse_json(self._ctx.response_body, MAX_RESPONSE_BODY)
+        return self._response
+
+    def _request_fields(self) -> Any:
+        """The request body as JSON, or as a form (first value of each field)."""
+        if self._request is ...:
+            self._request = None
+            chunks = self._ctx.request_body
+            content_type = (_header(self._view, b"content-type") or "").lower()
+            if chunks and "json" in content_type:
+                self._request = _parse_json(chunks, MAX_REQUEST_BODY)
+            elif chunks and "x-www-form-urlencoded" in content_type:
+                body = b"".join(chunks)
+                if len(body) <= MAX_REQUEST_BODY:
+                    pairs = parse_qsl(body.decode("latin-1"), max_num_fields=200)
+                    self._request = dict(reversed(pairs))  # first value wins
+        return self._request
+
+    def _bearer_claims(self) -> Mapping[str, Any] | None:
+        if self._bearer is ...:
+            self._bearer = None
+            jwt = self._builder.jwt
+            token = None if jwt is None else bearer_token(self._view.headers)
+            if jwt is not None and token is not None:
+                self._bearer = jwt.claims(token, now=self._ctx.started_ns / 1e9)
+        return self._bearer  # type: ignore[no-any-return]
+
+    def _response_claims(self, name: str) -> Mapping[str, Any] | None:
+        jwt = self._builder.jwt
+        token = _dig(self._response_json(), name)
+        if jwt is None or not isinstance(token, str):
+            return None
+        return jwt.claims(token, now=self._ctx.started_ns / 1e9)
+
+
+def _parse_json(chunks: list[bytes] | None, limit: int) -> Any:
+    body = b"".join(chunks or ())
+    if not 0 < len(body) <= limit:
+        return None
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _dig(document: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        document = document.get(part) if isinstance(document, dict) else None
+    return document

@@ -42,6 +42,16 @@ ENV: Final[Mapping[str, str]] = {
     "AUDIT_LOG_BATCH_INTERVAL": "0.5",
     "AUDIT_LOG_EXPORT_RETRIES": "5",
     "AUDIT_LOG_SHUTDOWN_TIMEOUT": "5",
+    "AUDIT_LOG_RULES": "",
+    "AUDIT_LOG_ORG_SOURCES": "",
+    "AUDIT_LOG_JWT_KEY": "",
+    "AUDIT_LOG_JWT_KEY_FILE": "",
+    "AUDIT_LOG_JWT_ALGORITHMS": "",
+    "AUDIT_LOG_JWT_AUDIENCE": "",
+    "AUDIT_LOG_JWT_ISSUER": "",
+    "AUDIT_LOG_JWT_ORG_CLAIM": "org_id",
+    "AUDIT_LOG_BRUTE_FORCE_THRESHOLD": "10",
+    "AUDIT_LOG_BRUTE_FORCE_WINDOW": "300",
 }
 
 
@@ -72,6 +82,16 @@ class AuditConfig:
     batch_interval: float
     export_retries: int
     shutdown_timeout: float
+    rules_file: str
+    org_sources: tuple[str, ...]
+    jwt_key: str
+    jwt_key_file: str
+    jwt_algorithms: tuple[str, ...]
+    jwt_audience: str
+    jwt_issuer: str
+    jwt_org_claim: str
+    brute_force_threshold: int
+    brute_force_window: float
 
     @classmethod
     def resolve(
@@ -107,6 +127,20 @@ class AuditConfig:
             batch_interval=r.get("batch_interval", "AUDIT_LOG_BATCH_INTERVAL", _seconds),
             export_retries=r.get("export_retries", "AUDIT_LOG_EXPORT_RETRIES", _int(0, 100)),
             shutdown_timeout=r.get("shutdown_timeout", "AUDIT_LOG_SHUTDOWN_TIMEOUT", _seconds),
+            rules_file=r.get("rules_file", "AUDIT_LOG_RULES", _text),
+            org_sources=r.get("org_sources", "AUDIT_LOG_ORG_SOURCES", _sources),
+            jwt_key=r.get("jwt_key", "AUDIT_LOG_JWT_KEY", _raw),
+            jwt_key_file=r.get("jwt_key_file", "AUDIT_LOG_JWT_KEY_FILE", _text),
+            jwt_algorithms=r.get("jwt_algorithms", "AUDIT_LOG_JWT_ALGORITHMS", _algorithms),
+            jwt_audience=r.get("jwt_audience", "AUDIT_LOG_JWT_AUDIENCE", _text),
+            jwt_issuer=r.get("jwt_issuer", "AUDIT_LOG_JWT_ISSUER", _text),
+            jwt_org_claim=r.get("jwt_org_claim", "AUDIT_LOG_JWT_ORG_CLAIM", _text),
+            brute_force_threshold=r.get(
+                "brute_force_threshold", "AUDIT_LOG_BRUTE_FORCE_THRESHOLD", _threshold
+            ),
+            brute_force_window=r.get(
+                "brute_force_window", "AUDIT_LOG_BRUTE_FORCE_WINDOW", _seconds
+            ),
         )
 
 
@@ -164,6 +198,33 @@ def _check_parsed(key: str, value: object, parse: Callable[[str], object]) -> ob
 
 def _text(s: str) -> str:
     return s.strip()
+
+
+def _raw(s: str) -> str:
+    return s
+
+
+def _sources(s: str) -> tuple[str, ...]:
+    from audit_middleware._rules import Source
+
+    specs = tuple(p.strip() for p in s.split(",") if p.strip())
+    for spec in specs:
+        Source.parse(spec)
+    return specs
+
+
+def _algorithms(s: str) -> tuple[str, ...]:
+    names = tuple(p.strip() for p in s.split(",") if p.strip())
+    if any(n.lower() == "none" for n in names):
+        raise ValueError("the 'none' algorithm is never accepted")
+    return names
+
+
+def _threshold(s: str) -> int:
+    n = _int(0, 1_000_000)(s)
+    if n == 1:
+        raise ValueError("expected 0 (off) or a whole number of at least 2")
+    return n
 
 
 def _nonempty(s: str) -> str:

@@ -35,7 +35,7 @@ _UNSET: Any = object()
 class RequestContext:
     """Everything captured about one request; filled on the request path, read by the worker.
 
-    Defaults live on the class so that creating one per request sets only three attributes.
+    Defaults live on the class so that creating one per request sets only four attributes.
     """
 
     # Response facts, set by the protocol glue.
@@ -46,6 +46,7 @@ class RequestContext:
     error_type: str | None = None
     response_headers: Any = None
     response_body: list[bytes] | None = None
+    request_body: list[bytes] | None = None
     # Hints from handler code (set_actor & co.); they win over rules and resolvers.
     actor: Actor | None = None
     target: Target | None = None
@@ -58,9 +59,12 @@ class RequestContext:
     resolved_org: str | None = None
     protocol = "asgi"
 
-    def __init__(self, auditor: Auditor, scope: Mapping[str, Any], started_ns: int) -> None:
+    def __init__(
+        self, auditor: Auditor, scope: Mapping[str, Any], method: str, started_ns: int
+    ) -> None:
         self.auditor = auditor
         self.scope = scope
+        self.method = method
         self.started_ns = started_ns
 
 

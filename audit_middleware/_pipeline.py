@@ -201,7 +201,7 @@ class DeliveryPipeline:
     def __init__(
         self,
         exporters: Sequence[Exporter],
-        build: Callable[[object], AuditEvent | None],
+        build: Callable[[object], Sequence[AuditEvent]],
         *,
         queue_size: int,
         overflow: OverflowPolicy,
@@ -325,16 +325,15 @@ class DeliveryPipeline:
                 continue
             self._processed += 1
             try:
-                event = build(item)
+                events = build(item)
             except Exception:
                 self._build_errors += 1
                 logger.exception("could not build an audit event; it is lost (counted)")
                 continue
-            if event is None:
-                continue
-            if on_built is not None and event is not item:
-                on_built(event)
-            batch.append(event)
+            for event in events:
+                if on_built is not None and event is not item:
+                    on_built(event)
+                batch.append(event)
             if len(batch) >= batch_size:
                 self._dispatch(batch)
                 batch = []

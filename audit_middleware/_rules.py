@@ -244,7 +244,7 @@ class RuleSet:
 
 
 def _is_secret_field(name: str) -> bool:
-    from audit_middleware._sanitize import Redactor  # noqa: PLC0415 - avoid an import cycle
+    from audit_middleware._sanitize import Redactor
 
     return Redactor().is_secret_key(name)
 

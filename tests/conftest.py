@@ -12,6 +12,7 @@ from typing import Any
 import jsonschema
 import pytest
 import uvicorn
+from waitress.server import create_server
 
 from audit_middleware import AuditEvent, Auditor, _hooks, load_schema
 from exporters import InMemoryExporter
@@ -106,3 +107,20 @@ def serve(app: Any, **config: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@contextmanager
+def serve_wsgi(app: Any, threads: int = 4) -> Iterator[str]:
+    """Run ``app`` under waitress on loopback; yield its base URL."""
+    port = _free_port()
+    server = create_server(app, host="127.0.0.1", port=port, threads=threads)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        deadline = time.monotonic() + 5  # let tasks finish before the trigger pipe closes
+        while server.task_dispatcher.active_count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        server.close()
+        thread.join(timeout=5)

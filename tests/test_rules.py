@@ -142,7 +142,7 @@ def test_unmatched_policy(
         pytest.param({"action": "User.Login"}, "invalid action", id="action-case"),
         pytest.param({"action": {"teapot": "a.b"}}, "invalid action key", id="mapping-key"),
         pytest.param({"target_id": "path.x"}, "needs target_type", id="target-type"),
-        pytest.param({"org": "body.org"}, "invalid value source", id="source-kind"),
+        pytest.param({"org": "cookie.org"}, "invalid value source", id="source-kind"),
         pytest.param({"route": "/x/{id:hex}"}, "unknown convertor", id="convertor"),
     ],
 )
