@@ -55,12 +55,15 @@ class AuditMiddleware:
         keep_body = method in rules.body_methods
         keep_headers = keep_body or method in rules.response_header_methods
         keep_request = method in rules.request_body_methods
+        capture_trace = auditor.capture_trace
         if keep_request:
             ctx.request_body = []
 
         async def audit_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 ctx.status = message["status"]
+                if capture_trace is not None:  # inside any tracing middleware's span
+                    ctx.trace = capture_trace()
                 if keep_headers:
                     ctx.response_headers = message.get("headers")
                 await send(message)

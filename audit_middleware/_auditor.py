@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from types import EllipsisType
@@ -21,6 +22,7 @@ from audit_middleware._pipeline import DeliveryPipeline, PipelineStats
 from audit_middleware._rules import Rule, RuleSet, Source, UnmatchedPolicy, is_valid_action
 from audit_middleware._rules_file import RulesConfig, load_rules_file
 from audit_middleware._sanitize import Redactor
+from audit_middleware._trace import TraceCapture, trace_capture
 from audit_middleware._warn import logger, warn_limited
 from audit_middleware.resolvers import ActorResolver, OrgResolver, scope_user_actor, scope_user_org
 
@@ -65,6 +67,7 @@ class Auditor:
         brute_force: BruteForcePolicy | None = None,
         brute_force_threshold: int | None = None,
         brute_force_window: float | None = None,
+        trace_context: str | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> None:
         global _default
@@ -90,6 +93,7 @@ class Auditor:
             "org_sources": org_sources,
             "brute_force_threshold": brute_force_threshold,
             "brute_force_window": brute_force_window,
+            "trace_context": trace_context,
         }
         if exporters is not None:
             overrides["exporters"] = tuple(e for e in exporters if isinstance(e, str))
@@ -143,6 +147,7 @@ class Auditor:
             shutdown_timeout=config.shutdown_timeout,
             on_built=_notify_observers,  # no-op unless capture_audit_events() is active
         )
+        self.capture_trace = _trace_capture(config, self.exporters)
         self.enabled = config.enabled
         _default = self
 
@@ -245,6 +250,7 @@ class Auditor:
                 metadata=dict(metadata or {}),
                 occurred_ns=time.time_ns(),
                 context=ctx,
+                trace=None if self.capture_trace is None else self.capture_trace(),
             )
         )
 
@@ -276,6 +282,24 @@ def _notify_observers(event: AuditEvent) -> None:
             _hooks.notify(event)
         except Exception:
             logger.exception("audit event observer raised")
+
+
+def _trace_capture(config: AuditConfig, exporters: Sequence[Exporter]) -> TraceCapture | None:
+    """On when asked, or (auto) when the app already uses OpenTelemetry or exports over OTLP."""
+    if config.trace_context == "off":
+        return None
+    uses_otel = "opentelemetry" in sys.modules or any(
+        type(e).__module__.startswith("exporters.otel") for e in exporters
+    )
+    if config.trace_context == "auto" and not uses_otel:
+        return None
+    capture = trace_capture()
+    if capture is None and config.trace_context == "on":
+        raise AuditConfigError(
+            "AUDIT_LOG_TRACE_CONTEXT=on needs opentelemetry-api: "
+            "pip install 'audit-log-middleware[otel]'"
+        )
+    return capture
 
 
 def _jwt_from_config(config: AuditConfig, env: Mapping[str, str]) -> JWTConfig | None:

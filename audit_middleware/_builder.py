@@ -64,6 +64,7 @@ class ExplicitRecord:
     metadata: Mapping[str, Any]
     occurred_ns: int
     context: RequestContext | None
+    trace: Mapping[str, str] | None = None
 
 
 class EventBuilder:
@@ -154,6 +155,7 @@ class EventBuilder:
             *self._request_info(view, params, match.route, event_id, ctx, status),
             None if ctx.error_type is None else ErrorInfo(ctx.error_type[:256]),
             self.redactor.metadata(metadata) if metadata else _EMPTY,
+            ctx.trace,
         )
 
     def _org_from_params(self, params: Mapping[str, str]) -> str | None:
@@ -268,6 +270,7 @@ class EventBuilder:
             request=request,
             client=client,
             metadata=self.redactor.metadata(rec.metadata) if rec.metadata else {},
+            trace=rec.trace,
         )
 
 

@@ -52,6 +52,7 @@ ENV: Final[Mapping[str, str]] = {
     "AUDIT_LOG_JWT_ORG_CLAIM": "org_id",
     "AUDIT_LOG_BRUTE_FORCE_THRESHOLD": "10",
     "AUDIT_LOG_BRUTE_FORCE_WINDOW": "300",
+    "AUDIT_LOG_TRACE_CONTEXT": "auto",
 }
 
 
@@ -92,6 +93,7 @@ class AuditConfig:
     jwt_org_claim: str
     brute_force_threshold: int
     brute_force_window: float
+    trace_context: Literal["auto", "on", "off"]
 
     @classmethod
     def resolve(
@@ -140,6 +142,9 @@ class AuditConfig:
             ),
             brute_force_window=r.get(
                 "brute_force_window", "AUDIT_LOG_BRUTE_FORCE_WINDOW", _seconds
+            ),
+            trace_context=r.get(
+                "trace_context", "AUDIT_LOG_TRACE_CONTEXT", _choice(("auto", "on", "off"))
             ),
         )
 

@@ -47,6 +47,7 @@ class RequestContext:
     response_headers: Any = None
     response_body: list[bytes] | None = None
     request_body: list[bytes] | None = None
+    trace: Mapping[str, str] | None = None
     # Hints from handler code (set_actor & co.); they win over rules and resolvers.
     actor: Actor | None = None
     target: Target | None = None

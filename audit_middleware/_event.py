@@ -155,6 +155,7 @@ class AuditEvent(NamedTuple):
     client: ClientInfo | None = None
     error: ErrorInfo | None = None
     metadata: Mapping[str, Any] = _EMPTY
+    trace: Mapping[str, str] | None = None
     integrity: Mapping[str, Any] | None = None
     schema_version: int = SCHEMA_VERSION
 
@@ -173,5 +174,6 @@ class AuditEvent(NamedTuple):
             "client": None if self.client is None else self.client.to_dict(),
             "error": None if self.error is None else self.error.to_dict(),
             "metadata": dict(self.metadata),
+            "trace": None if self.trace is None else dict(self.trace),
             "integrity": None if self.integrity is None else dict(self.integrity),
         }

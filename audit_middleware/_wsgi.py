@@ -54,10 +54,14 @@ class AuditWSGIMiddleware:
         if method in rules.request_body_methods and "wsgi.input" in environ:
             environ["wsgi.input"] = _TeeInput(environ["wsgi.input"], ctx)
 
+        capture_trace = auditor.capture_trace
+
         def audit_start_response(
             status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
         ) -> Any:
             ctx.status = _status_code(status)
+            if capture_trace is not None:
+                ctx.trace = capture_trace()
             if keep_headers:
                 ctx.response_headers = headers
             return start_response(status, headers, exc_info)
