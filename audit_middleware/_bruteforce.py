@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 import time
 from bisect import bisect_left, insort
 from collections import OrderedDict
@@ -179,7 +180,7 @@ class BruteForceDetector:
         self._window_ns = round(policy.window_seconds * _NS_PER_S)
         self._by_ip: OrderedDict[str, _KeyState] = OrderedDict()
         self._by_account: OrderedDict[str, _KeyState] = OrderedDict()
-        self._lock = __import__("contextlib").nullcontext()
+        self._lock = threading.Lock()
 
     @property
     def policy(self) -> BruteForcePolicy:

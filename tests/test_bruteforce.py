@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import sys
 import threading
 import time
 from collections import Counter, defaultdict
@@ -396,10 +397,15 @@ def test_concurrent_observers_alert_exactly_once() -> None:
                     alerts.extend(found)
 
     threads = [threading.Thread(target=run, args=(w,)) for w in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible to provoke races
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
     assert [(a.dimension, a.key) for a in alerts] == [("ip", "192.0.2.99")]
     assert detector.tracked_keys() == 1 + 4 * per_thread
 
