@@ -27,7 +27,6 @@ from audit_middleware._ids import format_timestamp, uuid7
 FAILED = "user.login.failed"
 BASE_NS = 1_700_000_000 * 1_000_000_000
 ANON = Actor(id=None, type="anonymous")
-_UNSET: Any = object()
 
 
 def at_ns(seconds: float) -> int:
@@ -43,14 +42,14 @@ def failure(
     action: str = FAILED,
     org_id: str | None = "org_1",
     actor: Actor = ANON,
-    occurred_at: str = _UNSET,
-    event_id: str = _UNSET,
+    occurred_at: str | None = None,
+    event_id: str | None = None,
 ) -> AuditEvent:
     """A failed login ``at`` seconds after BASE_NS for ``account`` (a user target) from ``ip``."""
     ns = at_ns(at)
     return AuditEvent(
-        id=uuid7(ns) if event_id is _UNSET else event_id,
-        occurred_at=format_timestamp(ns) if occurred_at is _UNSET else occurred_at,
+        id=uuid7(ns) if event_id is None else event_id,
+        occurred_at=format_timestamp(ns) if occurred_at is None else occurred_at,
         action=action,
         outcome="denied",
         actor=actor,
@@ -133,9 +132,11 @@ def test_failures_already_reported_do_not_count_again() -> None:
     # Burst at t=0,1,2 alerts; at t=61.5 the window [1.5, 61.5] holds 2 (burst over). The
     # failure at t=2 was reported, so the next alert needs three new failures.
     detector = BruteForceDetector(policy(threshold=3, window_seconds=60))
-    times = [0, 1, 2, 61.5, 61.6, 61.7]
-    results = [detector.observe(failure(t, account=None)) for t in times]
+    events = [failure(t, account=None) for t in (0, 1, 2, 61.5, 61.6, 61.7)]
+    results = [detector.observe(event) for event in events]
     assert [len(r) for r in results] == [0, 0, 1, 0, 0, 1]
+    assert results[2][0].event_ids == tuple(e.id for e in events[:3])
+    assert results[-1][0].event_ids == tuple(e.id for e in events[3:])  # the newest 3 only
     assert results[-1][0].first_at_ns == at_ns(61.5)
 
 
@@ -234,14 +235,6 @@ def test_alert_fields() -> None:
     )
 
 
-def test_event_ids_hold_at_most_threshold_newest() -> None:
-    detector = BruteForceDetector(policy(threshold=3, window_seconds=60))
-    events = [failure(t, account=None) for t in (5, 1, 3, 2, 4)]  # alert on the 3rd observed
-    alerts = observe_all(detector, events)
-    assert len(alerts) == 1
-    assert alerts[0].event_ids == (events[1].id, events[2].id, events[0].id)
-
-
 # --- attempted account --------------------------------------------------------------------
 
 
@@ -318,7 +311,7 @@ def test_malformed_occurred_at_falls_back_to_the_id_timestamp(occurred_at: str) 
     [
         "not-a-uuid",
         "018bd0a8-1c00-4000-8000-000000000000",  # UUIDv4-shaped: no timestamp in it
-        "018bd0a81c007000800000000000000000",
+        "018bd0a81c0070008000000000000000",  # a v7 but not in canonical form
     ],
 )
 def test_malformed_time_and_id_fall_back_to_now(event_id: str) -> None:
@@ -329,8 +322,8 @@ def test_malformed_time_and_id_fall_back_to_now(event_id: str) -> None:
 
 def test_detector_uses_the_id_timestamp_for_malformed_occurred_at() -> None:
     detector = BruteForceDetector(policy(threshold=2, window_seconds=10))
-    late = [failure(t, account=None, occurred_at="bad") for t in (0, 30)]
-    assert observe_all(detector, late) == []  # 30 s apart according to the ids
+    undated = [failure(t, account=None, occurred_at="bad") for t in (0, 30)]
+    assert observe_all(detector, undated) == []  # 30 s apart according to the ids
     (alert,) = detector.observe(failure(31, account=None, occurred_at="bad"))
     assert alert.last_at_ns == at_ns(31)
 
@@ -341,7 +334,6 @@ def test_detector_uses_the_id_timestamp_for_malformed_occurred_at() -> None:
 def test_memory_is_bounded_under_key_rotation() -> None:
     detector = BruteForceDetector(policy(threshold=5, max_keys=1000))
     rng = random.Random(1234)
-    actor = ANON
     for i in range(200_000):
         ns = at_ns(i / 1000)
         event = AuditEvent(
@@ -349,7 +341,7 @@ def test_memory_is_bounded_under_key_rotation() -> None:
             occurred_at=format_timestamp(ns),
             action=FAILED,
             outcome="denied",
-            actor=actor,
+            actor=ANON,
             target=Target("user", f"user{rng.getrandbits(64):x}@example.com"),
             client=ClientInfo(".".join(str(rng.getrandbits(8)) for _ in range(4))),
         )
@@ -378,16 +370,19 @@ def test_least_recently_seen_key_is_evicted(ips: list[str], alerts: int) -> None
 
 
 def test_concurrent_observers_alert_exactly_once() -> None:
-    detector = BruteForceDetector(policy(threshold=20, window_seconds=3600))
-    per_thread = 500
+    # Four threads each send two failures for every one of 1000 accounts, in the same order, all
+    # from one IP: every key crosses the threshold (4) once, under contention.
+    detector = BruteForceDetector(policy(threshold=4, window_seconds=3600))
+    accounts = [f"acct{k}@example.com" for k in range(1000)]
     barrier = threading.Barrier(4)
     alerts: list[BruteForceAlert] = []
     alerts_lock = threading.Lock()
 
     def run(worker: int) -> None:
         events = [
-            failure(worker * per_thread + i, ip="192.0.2.99", account=f"w{worker}-{i}")
-            for i in range(per_thread)
+            failure(k + worker / 10 + repeat / 100, ip="192.0.2.99", account=account)
+            for k, account in enumerate(accounts)
+            for repeat in range(2)
         ]
         barrier.wait()
         for event in events:
@@ -406,8 +401,10 @@ def test_concurrent_observers_alert_exactly_once() -> None:
             thread.join()
     finally:
         sys.setswitchinterval(interval)
-    assert [(a.dimension, a.key) for a in alerts] == [("ip", "192.0.2.99")]
-    assert detector.tracked_keys() == 1 + 4 * per_thread
+    expected = {("ip", "192.0.2.99"): 1} | {("account", account): 1 for account in accounts}
+    assert Counter((a.dimension, a.key) for a in alerts) == expected
+    assert all(a.count == len(a.event_ids) == 4 for a in alerts)
+    assert detector.tracked_keys() == 1 + len(accounts)
 
 
 # --- policy -------------------------------------------------------------------------------
@@ -555,6 +552,11 @@ class _Model:
 def test_detector_matches_a_brute_force_model(
     failures: list[tuple[str | None, str | None, int]], threshold: int, window_ms: int
 ) -> None:
+    """Alert timing and spans equal a model that keeps every failure (no eviction here).
+
+    Complements the bound above, which also holds for one alert per ``threshold`` failures: this
+    pins one alert per burst.
+    """
     window_ns = window_ms * 1_000_000
     detector = BruteForceDetector(
         BruteForcePolicy(threshold=threshold, window_seconds=window_ms / 1000)
@@ -565,7 +567,7 @@ def test_detector_matches_a_brute_force_model(
         expected = []
         for dimension, value in (("ip", ip), ("account", account)):
             if value is not None:
-                span = models[dimension, value].observe(event_time_ns(event))
+                span = models[dimension, value].observe(at_ns(ms / 1000))
                 if span is not None:
                     expected.append((dimension, value, *span))
         got = [(a.dimension, a.key, a.first_at_ns, a.last_at_ns) for a in detector.observe(event)]
