@@ -18,9 +18,10 @@ from audit_middleware._context import RequestContext, current_context, org_was_s
 from audit_middleware._event import ANONYMOUS, OUTCOMES, Actor, AuditEvent, Outcome, Target
 from audit_middleware._export import Exporter
 from audit_middleware._jwt import JWTConfig, JWTVerifier
+from audit_middleware._jwt_setup import jwt_from_config, jwt_from_rules_file
 from audit_middleware._pipeline import DeliveryPipeline, PipelineStats
 from audit_middleware._rules import Rule, RuleSet, Source, UnmatchedPolicy, is_valid_action
-from audit_middleware._rules_file import RulesConfig, load_rules_file
+from audit_middleware._rules_file import load_rules_file
 from audit_middleware._sanitize import Redactor
 from audit_middleware._trace import TraceCapture, trace_capture
 from audit_middleware._warn import logger, warn_limited
@@ -120,7 +121,7 @@ class Auditor:
         )
         # The built-in resolvers only read scope["user"]: skip them when there is none.
         self._user_only = actor_resolvers is None and org_resolvers is None
-        jwt_config = jwt or _jwt_from_config(config, env) or _jwt_from_file(from_file, env)
+        jwt_config = jwt or jwt_from_config(config) or jwt_from_rules_file(from_file, env)
         self.builder = EventBuilder(
             config,
             self.rules,
@@ -300,64 +301,6 @@ def _trace_capture(config: AuditConfig, exporters: Sequence[Exporter]) -> TraceC
             "pip install 'audit-log-middleware[otel]'"
         )
     return capture
-
-
-def _jwt_from_config(config: AuditConfig, env: Mapping[str, str]) -> JWTConfig | None:
-    key = config.jwt_key
-    if config.jwt_key_file:
-        key = _read_key(config.jwt_key_file, "AUDIT_LOG_JWT_KEY_FILE")
-    if not key:
-        return None
-    if not config.jwt_algorithms:
-        raise AuditConfigError("AUDIT_LOG_JWT_ALGORITHMS is required with a JWT key, e.g. HS256")
-    try:
-        return JWTConfig(
-            key=key,
-            algorithms=config.jwt_algorithms,
-            audience=config.jwt_audience or None,
-            issuer=config.jwt_issuer or None,
-            org_claim=config.jwt_org_claim or None,
-        )
-    except ValueError as exc:
-        raise AuditConfigError(f"JWT settings: {exc}") from exc
-
-
-def _jwt_from_file(loaded: RulesConfig | None, env: Mapping[str, str]) -> JWTConfig | None:
-    settings = None if loaded is None else loaded.jwt
-    if settings is None or loaded is None:
-        return None
-    if settings.key_env is not None:
-        key = env.get(settings.key_env, "")
-        if not key:
-            raise AuditConfigError(
-                f"{loaded.path}: [jwt] key_env names {settings.key_env}, which is not set"
-            )
-    elif settings.key_file is not None:
-        key = _read_key(settings.key_file, f"{loaded.path} [jwt] key_file")
-    else:
-        key = settings.key or ""
-    try:
-        return JWTConfig(
-            key=key,
-            algorithms=settings.algorithms,
-            audience=settings.audience,
-            issuer=settings.issuer,
-            id_claim=settings.id_claim,
-            email_claim=settings.email_claim,
-            org_claim=settings.org_claim,
-            type_claim=settings.type_claim,
-            leeway_seconds=settings.leeway_seconds,
-        )
-    except ValueError as exc:
-        raise AuditConfigError(f"{loaded.path}: [jwt] {exc}") from exc
-
-
-def _read_key(path: str, what: str) -> str:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.read().strip()
-    except OSError as exc:
-        raise AuditConfigError(f"{what}: cannot read {path}: {exc.strerror}") from exc
 
 
 def _make_exporters(given: Sequence[Exporter | str] | None, config: AuditConfig) -> list[Exporter]:
