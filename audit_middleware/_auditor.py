@@ -122,11 +122,15 @@ class Auditor:
         # The built-in resolvers only read scope["user"]: skip them when there is none.
         self._user_only = actor_resolvers is None and org_resolvers is None
         jwt_config = jwt or jwt_from_config(config) or jwt_from_rules_file(from_file, env)
+        try:
+            verifier = None if jwt_config is None else JWTVerifier(jwt_config)
+        except ValueError as exc:  # e.g. a key too weak for its algorithm
+            raise AuditConfigError(f"JWT settings: {exc}") from exc
         self.builder = EventBuilder(
             config,
             self.rules,
             self.redactor,
-            jwt=None if jwt_config is None else JWTVerifier(jwt_config),
+            jwt=verifier,
             org_sources=[Source.parse(spec) for spec in sources],
         )
         if brute_force is None and config.brute_force_threshold:

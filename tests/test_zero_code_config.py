@@ -144,6 +144,12 @@ def test_jwt_none_algorithm_is_refused_in_the_environment() -> None:
         AuditMiddleware(_app(), environ=env, exporters=[])
 
 
+def test_weak_jwt_key_is_refused_at_start_up() -> None:
+    env = {"AUDIT_LOG_JWT_KEY": "short", "AUDIT_LOG_JWT_ALGORITHMS": "HS256"}
+    with pytest.raises(AuditConfigError, match="JWT settings"):
+        AuditMiddleware(_app(), environ=env, exporters=[])
+
+
 def test_failed_login_burst_raises_one_brute_force_signal(
     make_auditor: Callable[..., MemoryAuditor], rules_path: Path
 ) -> None:
