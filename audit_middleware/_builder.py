@@ -452,7 +452,9 @@ class _Values:
         token = _dig(self._response_json(), name)
         if jwt is None or not isinstance(token, str):
             return None
-        return jwt.claims(token, now=self._ctx.started_ns / 1e9)
+        # Issued while the request ran: verify as of the response, not the request's start.
+        ctx = self._ctx
+        return jwt.claims(token, now=(ctx.started_ns + ctx.duration_ns) / 1e9)
 
 
 def _parse_json(chunks: list[bytes] | None, limit: int) -> Any:

@@ -20,6 +20,9 @@ How a web layer uses it
   and a client-safe ``detail`` message. A web layer maps them in one place, e.g. to
   ``{"detail": error.detail}`` with ``error.status``, adding ``WWW-Authenticate: Bearer`` for
   401. Shapes (missing fields, wrong JSON types) are the web layer's job and also answer 422.
+* Org-scoped use cases check in this order: unknown org (404), membership and role (403),
+  then the input (422), then state conflicts (409). A caller who may not act learns nothing
+  about what valid input would have looked like.
 
 Identifiers come from per-kind counters (``usr_1``, ``org_1``, ``inv_1``, ``key_1``,
 ``pwr_1``), so the same sequence of calls always produces the same ids. Secrets (password
@@ -74,7 +77,7 @@ JWT_SECRET_ENV: Final = "SAAS_JWT_SECRET"
 #: Used when ``SAAS_JWT_SECRET`` is unset. Development only: it is public, and at 25 bytes it
 #: is shorter than the 32 bytes RFC 7518 asks of an HS256 key (PyJWT warns about it, and
 #: verifiers that enforce the minimum refuse it). Always set ``SAAS_JWT_SECRET`` in production.
-DEFAULT_JWT_SECRET: Final = "dev-only-secret-change-me"
+DEFAULT_JWT_SECRET: Final = "dev-only-secret-change-me-before-deploying"  # >= 32 bytes
 #: The ``aud`` claim of every access token; tokens for any other audience are rejected.
 JWT_AUDIENCE: Final = "saas-api"
 JWT_ALGORITHM: Final = "HS256"
@@ -559,11 +562,10 @@ class Store:
 
         Keys are lowercase identifiers; values are JSON values (``null`` stores ``null``).
         """
-        bad = [k for k in changes if not _is_str(k) or not _SETTING_KEY.fullmatch(k)]
-        if bad:
-            raise InvalidInput("setting names must be lowercase identifiers")
         with self._lock:
             self._require_admin(user, org_id)
+            if not all(_is_str(k) and _SETTING_KEY.fullmatch(k) for k in changes):
+                raise InvalidInput("setting names must be lowercase identifiers")
             org = self._org(org_id)
             if len({*org.settings, *changes}) > MAX_SETTINGS:
                 raise InvalidInput(f"at most {MAX_SETTINGS} settings")
@@ -572,10 +574,10 @@ class Store:
 
     def set_feature_flag(self, user: User, org_id: str, flag: str, enabled: bool) -> dict[str, Any]:
         """Turn a feature flag on or off for the org (admins) → ``{flag, enabled}``."""
-        if not _FLAG.fullmatch(flag):
-            raise InvalidInput("flag names are lowercase letters, digits, '_' and '-'")
         with self._lock:
             self._require_admin(user, org_id)
+            if not _FLAG.fullmatch(flag):
+                raise InvalidInput("flag names are lowercase letters, digits, '_' and '-'")
             self._org(org_id).feature_flags[flag] = enabled
             return {"flag": flag, "enabled": enabled}
 
@@ -583,9 +585,9 @@ class Store:
 
     def create_api_key(self, user: User, org_id: str, name: str) -> dict[str, Any]:
         """Create an API key (admins) → ``{id, name, secret}``; the secret is never shown again."""
-        name = self._valid_name(name, "API key name")
         with self._lock:
             self._require_admin(user, org_id)
+            name = self._valid_name(name, "API key name")
             secret = "sk_" + secrets.token_urlsafe(32)
             key = ApiKey(
                 self._next_id("key"),
@@ -613,10 +615,10 @@ class Store:
 
         409 if that address already belongs to a member or has a pending invitation.
         """
-        email = self._valid_email(email)
-        valid_role = self._valid_role(role, tuple(sorted(_INVITABLE_ROLES)))
         with self._lock:
             self._require_admin(user, org_id)
+            email = self._valid_email(email)
+            valid_role = self._valid_role(role, tuple(sorted(_INVITABLE_ROLES)))
             invitee = self._user_by_email(email)
             if invitee is not None and self._membership(org_id, invitee.id) is not None:
                 raise Conflict("already a member")
@@ -670,9 +672,9 @@ class Store:
         Only owners grant or take away the owner role (403); the last owner cannot be demoted
         (409); 404 if ``member_id`` is not a member.
         """
-        new_role = self._valid_role(role, ROLES)
         with self._lock:
             mine = self._require_admin(user, org_id)
+            new_role = self._valid_role(role, ROLES)
             target = self._membership(org_id, member_id)
             if target is None:
                 raise NotFound("member not found")

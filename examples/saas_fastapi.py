@@ -16,28 +16,24 @@ HTTP API (JSON bodies; "bearer" means ``Authorization: Bearer <access_token>``; 
 ``{"detail": ...}`` with the status of the :class:`~examples.saas_domain.DomainError`, and
 422 for a malformed body):
 
-=========================================================  =====================================
-``POST /auth/register`` {email, password, name}            201 {id, email, name}; 409 taken
-``POST /auth/login`` {email, password}                     200 {access_token, token_type}; 401
-``POST /auth/logout`` (bearer)                             204; the token is revoked
-``POST /auth/password-reset`` {email}                      202 {status: "sent"}, always
-``POST /me/password`` (bearer) {current_password,          204; 403 wrong current password
-new_password}
-``POST /me/2fa/enable`` (bearer)                           200 {two_factor: true}
-``POST /me/2fa/disable`` (bearer) {password}               200 {two_factor: false}; 403
-``POST /orgs`` (bearer) {name}                             201 {id, name}
-``PATCH /orgs/{org_id}/settings`` (admin) {...}            200 all settings
-``POST /orgs/{org_id}/api-keys`` (admin) {name}            201 {id, name, secret} (shown once)
-``DELETE /orgs/{org_id}/api-keys/{key_id}`` (admin)        204
-``PUT /orgs/{org_id}/feature-flags/{flag}`` (admin)        200 {flag, enabled}
-{enabled}
-``POST /orgs/{org_id}/invitations`` (admin) {email, role}  201 {id, email, role, status}
-``POST /invitations/{invitation_id}/accept`` (invitee)     200 {org_id, role}
-``PATCH /orgs/{org_id}/members/{user_id}`` (admin) {role}  200 {user_id, role}
-``DELETE /orgs/{org_id}/members/{user_id}`` (admin)        204
-``GET /orgs/{org_id}/members`` (member)                    200 [{user_id, email, name, role}]
-``GET /health``                                            200 {status: "ok"}
-=========================================================  =====================================
+- ``POST /auth/register`` {email, password, name} → 201 {id, email, name}; 409 email taken
+- ``POST /auth/login`` {email, password} → 200 {access_token, token_type: "bearer"}; 401
+- ``POST /auth/logout`` (bearer) → 204; the token is revoked
+- ``POST /auth/password-reset`` {email} → 202 {status: "sent"}, whether or not it exists
+- ``POST /me/password`` (bearer) {current_password, new_password} → 204; 403 wrong password
+- ``POST /me/2fa/enable`` (bearer) → 200 {two_factor: true}
+- ``POST /me/2fa/disable`` (bearer) {password} → 200 {two_factor: false}; 403 wrong password
+- ``POST /orgs`` (bearer) {name} → 201 {id, name}; the caller becomes its owner
+- ``PATCH /orgs/{org_id}/settings`` (admin) {...any settings} → 200 all settings
+- ``POST /orgs/{org_id}/api-keys`` (admin) {name} → 201 {id, name, secret}; shown once
+- ``DELETE /orgs/{org_id}/api-keys/{key_id}`` (admin) → 204
+- ``PUT /orgs/{org_id}/feature-flags/{flag}`` (admin) {enabled} → 200 {flag, enabled}
+- ``POST /orgs/{org_id}/invitations`` (admin) {email, role} → 201 {id, email, role, status}
+- ``POST /invitations/{invitation_id}/accept`` (the invitee) → 200 {org_id, role}
+- ``PATCH /orgs/{org_id}/members/{user_id}`` (admin) {role} → 200 {user_id, role}
+- ``DELETE /orgs/{org_id}/members/{user_id}`` (admin) → 204
+- ``GET /orgs/{org_id}/members`` (member) → 200 [{user_id, email, name, role}]
+- ``GET /health`` → 200 {status: "ok"}
 
 "admin" means an owner or admin of that organization (403 otherwise, 404 for an unknown org).
 """

@@ -1,0 +1,1 @@
+"""Tests of the example applications, run through real servers."""
