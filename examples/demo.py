@@ -1,15 +1,17 @@
-"""`make demo`: the example SaaS API under the audit middleware, driven over real HTTP.
+"""`make demo`: the example SaaS API wrapped in one line, driven over real HTTP.
 
-Starts uvicorn on loopback with the example app wrapped in one line, sends a realistic burst of
-requests (failed and successful logins, API keys, settings changes, a forbidden cross-tenant
-attempt), then prints the audit events that came out of the structured-log exporter.
+Starts uvicorn on loopback with ``examples/saas_fastapi.py`` (an app with no audit code) wrapped
+by ``AuditMiddleware(app, rules_file="examples/audit-rules.toml")``, drives every audited API
+call (``examples/scenario.py``) plus a burst of failed logins that trips the brute-force
+signal, and prints the audit events that came out of the structured-log exporter.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
-import os
+import secrets
 import socket
 import threading
 import time
@@ -20,10 +22,12 @@ import orjson
 import uvicorn
 
 from audit_middleware import AuditMiddleware, Auditor
-from examples.saas_app import RULES, create_app
+from examples.saas_fastapi import RULES_FILE, create_app
+from examples.scenario import drive_all_events
 from exporters import InMemoryExporter, StructlogExporter
 
 OUT_DIR = Path("demo-output")
+USER_AGENT = "Mozilla/5.0 (demo browser)"
 
 
 def _free_port() -> int:
@@ -32,35 +36,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _drive(base: str) -> int:
-    """Send the demo traffic; return the number of requests."""
-    sent = 0
-    ua = {"user-agent": "Mozilla/5.0 (demo browser)"}
-    with httpx.Client(base_url=base, headers=ua, timeout=10) as c:
-
-        def call(method: str, path: str, **kw: object) -> httpx.Response:
-            nonlocal sent
-            sent += 1
-            return c.request(method, path, **kw)  # type: ignore[arg-type]
-
-        for password in ("123456", "password", "letmein"):
-            call("POST", "/auth/login", json={"email": "alice@acme.test", "password": password})
-        alice = call(
-            "POST", "/auth/login", json={"email": "alice@acme.test", "password": "correct horse"}
-        )
-        bob = call("POST", "/auth/login", json={"email": "bob@acme.test", "password": "hunter2"})
-        a = {"authorization": f"Bearer {alice.json()['token']}"}
-        b = {"authorization": f"Bearer {bob.json()['token']}"}
-        key = call("POST", "/orgs/org_acme/api-keys", json={"name": "ci"}, headers=a).json()
-        call("GET", "/orgs/org_acme/api-keys", headers=a)
-        call("PATCH", "/orgs/org_acme/settings", json={"sso_required": True}, headers=a)
-        call("PATCH", "/orgs/org_acme/settings", json={"sso_required": False}, headers=b)
-        call("POST", "/orgs/org_globex/api-keys", json={"name": "sneaky"}, headers=b)
-        call("POST", "/orgs/org_acme/exports", headers=a)
-        call("DELETE", f"/orgs/org_acme/api-keys/{key['id']}", headers=a)
-        call("GET", "/health")
-        call("POST", "/auth/logout", headers=b)
-    return sent
+def _burst(base: str, email: str, attempts: int) -> None:
+    """Password guessing against one account: the brute-force signal's job to notice."""
+    with httpx.Client(base_url=base, headers={"user-agent": "curl/8.5 (attacker)"}) as c:
+        for i in range(attempts):
+            c.post("/auth/login", json={"email": email, "password": f"guess-{i}"})
 
 
 def main() -> None:
@@ -71,62 +51,66 @@ def main() -> None:
     OUT_DIR.mkdir(exist_ok=True)
     log_path = OUT_DIR / "audit.jsonl"
     log_path.unlink(missing_ok=True)
+    secret = secrets.token_urlsafe(32)
     memory = InMemoryExporter()
     auditor = Auditor(
-        rules=RULES,
+        rules_file=RULES_FILE,
         exporters=[StructlogExporter(output=str(log_path)), memory],
         batch_interval=0.1,
-        environ=dict(os.environ),
+        brute_force_threshold=5,
+        environ={"SAAS_JWT_SECRET": secret},
     )
-    app = AuditMiddleware(create_app(), auditor=auditor)  # the one line
+    app = AuditMiddleware(create_app(jwt_secret=secret), auditor=auditor)  # the one line
 
     port = _free_port()
+    base = f"http://127.0.0.1:{port}"
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
     )
     thread = threading.Thread(target=server.run, daemon=True)
-    print(f"[1/3] starting uvicorn on http://127.0.0.1:{port} with AuditMiddleware(app) ...")
+    started = time.perf_counter()
+    print(f"[1/4] uvicorn on {base}: examples.saas_fastapi + AuditMiddleware + {RULES_FILE.name}")
     thread.start()
     while not server.started:
         time.sleep(0.02)
 
+    print("[2/4] driving every audited call: sign-up, logins, 2FA, orgs, keys, flags, invites ...")
+    journal = drive_all_events(base, user_agent=USER_AGENT)
     print(
-        "[2/3] driving traffic: logins (3 failed), API keys, settings, a cross-tenant attempt ..."
+        f"[3/4] {len(journal.audited_steps)} audited calls made; now 8 failed logins in a row ..."
     )
-    sent = _drive(f"http://127.0.0.1:{port}")
+    _burst(base, "victim@example.test", 8)
     delivered = auditor.force_flush(timeout=10)
 
     events = memory.events
-    print(f"[3/3] {sent} requests -> {len(events)} audit events, delivered: {delivered}\n")
-    header = (
-        f"{'time (UTC)':<16} {'action':<26} {'outcome':<8} {'actor':<9} {'org':<11} "
-        f"{'target':<18} ip"
-    )
-    print(header)
-    print("-" * len(header))
-    for e in events:
-        target = f"{e.target.type}:{e.target.id}" if e.target else "-"
-        print(
-            f"{e.occurred_at[11:26]:<16} {e.action:<26} {e.outcome:<8} {e.actor.id or 'anon':<9} "
-            f"{e.org_id or '-':<11} {target[:18]:<18} {e.client.ip if e.client else '-'}"
-        )
+    counts = collections.Counter((e.action, e.outcome) for e in events)
+    print(f"[4/4] {len(events)} audit events, delivered to every exporter: {delivered}\n")
+    print(f"{'action':<34} {'outcome':<8} count")
+    for (action, outcome), n in sorted(counts.items()):
+        print(f"{action:<34} {outcome:<8} {n:>5}")
+    alerts = [e for e in events if e.action == "security.brute_force.suspected"]
+    for alert in alerts:
+        target = f"{alert.target.type}:{alert.target.id}" if alert.target else "-"
+        print(f"\nbrute force suspected on {target}: {alert.metadata.get('failures')} failures")
     lines = log_path.read_bytes().splitlines()
-    print(
-        f"\n{len(lines)} JSON lines written by the structlog exporter to {log_path}; the first one:"
-    )
-    print(orjson.dumps(orjson.loads(lines[0]), option=orjson.OPT_INDENT_2).decode())
+    sample = next(orjson.loads(line) for line in lines if b"org.api_key.created" in line)
+    print(f"\n{len(lines)} JSON lines in {log_path}; the API key creation, as logged:")
+    print(orjson.dumps(sample, option=orjson.OPT_INDENT_2).decode())
     stats = auditor.stats()
-    print(f"\npipeline: processed {stats.processed}, dropped {stats.dropped}")
+    print(
+        f"\npipeline: processed {stats.processed}, dropped {stats.dropped}; "
+        f"took {time.perf_counter() - started:.1f} s"
+    )
 
     if args.serve:
-        print(f"\nserving on http://127.0.0.1:{port} (Ctrl+C to stop)")
+        print(f"\nserving on {base} (Ctrl+C to stop)")
         with contextlib.suppress(KeyboardInterrupt):
             thread.join()
     server.should_exit = True
     thread.join(timeout=10)
     auditor.shutdown()
-    if stats.dropped or not delivered or len(lines) != len(events):
-        raise SystemExit("demo failed: audit events were lost")
+    if stats.dropped or not delivered or len(lines) != len(events) or not alerts:
+        raise SystemExit("demo failed: audit events were lost or the brute-force signal is missing")
 
 
 if __name__ == "__main__":
