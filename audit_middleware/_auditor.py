@@ -138,7 +138,7 @@ class Auditor:
                 threshold=config.brute_force_threshold, window_seconds=config.brute_force_window
             )
         self.brute_force = None if brute_force is None else BruteForceDetector(brute_force)
-        self.exporters = _make_exporters(exporters, config)
+        self.exporters = _make_exporters(exporters, config, env)
         if not self.exporters:
             logger.warning("audit: no exporters configured; events are built but delivered nowhere")
         self.pipeline = DeliveryPipeline(
@@ -307,13 +307,15 @@ def _trace_capture(config: AuditConfig, exporters: Sequence[Exporter]) -> TraceC
     return capture
 
 
-def _make_exporters(given: Sequence[Exporter | str] | None, config: AuditConfig) -> list[Exporter]:
+def _make_exporters(
+    given: Sequence[Exporter | str] | None, config: AuditConfig, env: Mapping[str, str]
+) -> list[Exporter]:
     from exporters import create_exporter  # exporters depend on the event model, not vice versa
 
     try:
         if given is None:
-            return [create_exporter(name, config) for name in config.exporters]
-        return [create_exporter(e, config) if isinstance(e, str) else e for e in given]
+            return [create_exporter(name, config, env) for name in config.exporters]
+        return [create_exporter(e, config, env) if isinstance(e, str) else e for e in given]
     except ValueError as exc:
         raise AuditConfigError(str(exc)) from exc
 

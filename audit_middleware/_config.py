@@ -53,6 +53,15 @@ ENV: Final[Mapping[str, str]] = {
     "AUDIT_LOG_BRUTE_FORCE_THRESHOLD": "10",
     "AUDIT_LOG_BRUTE_FORCE_WINDOW": "300",
     "AUDIT_LOG_TRACE_CONTEXT": "auto",
+    "AUDIT_LOG_ARCHIVE_URL": "",
+    "AUDIT_LOG_ARCHIVE_FORMAT": "jsonl",
+    "AUDIT_LOG_ARCHIVE_MAX_EVENTS": "10000",
+    "AUDIT_LOG_ARCHIVE_MAX_BYTES": "8388608",
+    "AUDIT_LOG_ARCHIVE_MAX_AGE": "60",
+    "AUDIT_LOG_SPOOL_DIR": "",
+    "AUDIT_LOG_SPOOL_MAX_BYTES": "1073741824",
+    "AUDIT_LOG_RETENTION_DAYS": "90",
+    "AUDIT_LOG_OBJECT_LOCK": "auto",
 }
 
 
@@ -94,6 +103,15 @@ class AuditConfig:
     brute_force_threshold: int
     brute_force_window: float
     trace_context: Literal["auto", "on", "off"]
+    archive_url: str
+    archive_format: Literal["jsonl"]
+    archive_max_events: int
+    archive_max_bytes: int
+    archive_max_age: float
+    spool_dir: str
+    spool_max_bytes: int
+    retention_days: int
+    object_lock: Literal["auto", "off", "compliance", "governance"]
 
     @classmethod
     def resolve(
@@ -145,6 +163,23 @@ class AuditConfig:
             ),
             trace_context=r.get(
                 "trace_context", "AUDIT_LOG_TRACE_CONTEXT", _choice(("auto", "on", "off"))
+            ),
+            archive_url=r.get("archive_url", "AUDIT_LOG_ARCHIVE_URL", _text),
+            archive_format=r.get("archive_format", "AUDIT_LOG_ARCHIVE_FORMAT", _choice(("jsonl",))),
+            archive_max_events=r.get(
+                "archive_max_events", "AUDIT_LOG_ARCHIVE_MAX_EVENTS", _int(1, 10_000_000)
+            ),
+            archive_max_bytes=r.get(
+                "archive_max_bytes", "AUDIT_LOG_ARCHIVE_MAX_BYTES", _int(1024, 5 << 30)
+            ),
+            archive_max_age=r.get("archive_max_age", "AUDIT_LOG_ARCHIVE_MAX_AGE", _seconds),
+            spool_dir=r.get("spool_dir", "AUDIT_LOG_SPOOL_DIR", _text),
+            spool_max_bytes=r.get("spool_max_bytes", "AUDIT_LOG_SPOOL_MAX_BYTES", _int(1, 1 << 50)),
+            retention_days=r.get("retention_days", "AUDIT_LOG_RETENTION_DAYS", _int(1, 36500)),
+            object_lock=r.get(
+                "object_lock",
+                "AUDIT_LOG_OBJECT_LOCK",
+                _choice(("auto", "off", "compliance", "governance")),
             ),
         )
 

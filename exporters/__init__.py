@@ -6,6 +6,7 @@ Select them by name in ``AUDIT_LOG_EXPORTERS`` (comma-separated) or pass instanc
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from audit_middleware._export import Exporter, ExportResult
@@ -25,13 +26,37 @@ __all__ = [
 ]
 
 #: Names accepted in ``AUDIT_LOG_EXPORTERS``.
-EXPORTER_NAMES = ("log",)
+EXPORTER_NAMES = ("log", "otlp", "archive")
 
 
-def create_exporter(name: str, config: AuditConfig) -> Exporter:
-    """Build the exporter called ``name`` from the resolved configuration."""
+def create_exporter(
+    name: str, config: AuditConfig, environ: Mapping[str, str] | None = None
+) -> Exporter:
+    """Build the exporter called ``name`` from the resolved configuration (and ``OTEL_*``)."""
     if name == "log":
         return StructlogExporter(output=config.log_output)
+    if name == "otlp":
+        from exporters.otel import from_environment
+
+        return from_environment(environ)
+    if name == "archive":
+        from exporters.archive import ArchiveExporter
+
+        if not config.archive_url:
+            raise ValueError(
+                "AUDIT_LOG_EXPORTERS names 'archive' but AUDIT_LOG_ARCHIVE_URL is empty"
+            )
+        lock = None if config.object_lock == "off" else config.object_lock
+        return ArchiveExporter(
+            config.archive_url,
+            spool_dir=config.spool_dir or None,
+            spool_max_bytes=config.spool_max_bytes,
+            max_events=config.archive_max_events,
+            max_bytes=config.archive_max_bytes,
+            max_age=config.archive_max_age,
+            retention_days=config.retention_days,
+            object_lock=lock if lock in (None, "auto") else lock.upper(),
+        )
     raise ValueError(
         f"unknown exporter {name!r} in AUDIT_LOG_EXPORTERS: expected one of {EXPORTER_NAMES}"
     )

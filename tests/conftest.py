@@ -120,7 +120,8 @@ def serve_wsgi(app: Any, threads: int = 4) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         deadline = time.monotonic() + 5  # let tasks finish before the trigger pipe closes
-        while server.task_dispatcher.active_count and time.monotonic() < deadline:
+        dispatcher = server.task_dispatcher
+        while (dispatcher.active_count or dispatcher.queue) and time.monotonic() < deadline:
             time.sleep(0.01)
         server.close()
         thread.join(timeout=5)

@@ -90,7 +90,11 @@ def test_rules_file_from_the_environment_with_jwt_actors(
     client.post("/orgs/org_1/reports", headers=expired)
     failed, succeeded, report, forged_event, expired_event = auditor.wait_for(5)
 
-    assert (failed.action, failed.actor.type, failed.org_id) == ("user.login.failed", "anonymous", None)
+    assert (failed.action, failed.actor.type, failed.org_id) == (
+        "user.login.failed",
+        "anonymous",
+        None,
+    )
     assert failed.target is not None
     assert failed.target.id == "eve@x.test"
     assert succeeded.action == "user.login.succeeded"

@@ -1,0 +1,273 @@
+"""The archive's write-ahead spool: events are on local disk before upload, and leave it only
+after the object store acknowledged them.
+
+Layout: ``<spool>/<writer>/`` per process, holding an exclusive ``flock`` on ``<writer>/lock``
+for the process lifetime. ``open-*.seg`` files accumulate the JSON lines of one partition
+(appended and fsynced per batch); sealing compresses one into a ``*.obj`` file named for its
+final object key; the uploader removes a ``*.obj`` once stored. A directory whose lock can be
+taken belongs to a dead process (crash, SIGKILL, a replaced worker): its files are adopted,
+open segments sealed, and uploaded under their original keys, so nothing is lost or renamed.
+
+Without a directory the same API keeps everything in memory (lost if the process dies).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import gzip
+import os
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+__all__ = ["Sealed", "Spool", "SpoolFull"]
+
+_MAGIC = b"AUDITSPOOL1\n"
+
+
+class SpoolFull(Exception):
+    """The spool is at its byte cap."""
+
+
+@dataclass
+class Sealed:
+    """A finished object waiting for upload."""
+
+    key: str
+    size: int
+    path: Path | None = None
+    body: bytes | None = None
+    events: int = -1  # unknown for objects adopted from another process
+
+
+@dataclass
+class _Open:
+    """An accumulating segment of one partition."""
+
+    key: str
+    events: int = 0
+    size: int = 0
+    created: float = 0.0
+    path: Path | None = None
+    lines: list[bytes] = field(default_factory=list)
+
+
+class Spool:
+    """Durable (with a directory) or in-memory storage of segments and sealed objects."""
+
+    def __init__(
+        self, directory: str | os.PathLike[str] | None, *, max_bytes: int, writer: str
+    ) -> None:
+        self.directory = None if directory is None else Path(directory)
+        self.max_bytes = max_bytes
+        self.writer = writer
+        self._lock = threading.Lock()
+        self._open: dict[str, _Open] = {}
+        self._sealed: list[Sealed] = []
+        self._used = 0
+        self._lock_file: IO[bytes] | None = None
+        self._dir: Path | None = None
+        if self.directory is not None:
+            self._dir = self.directory / writer
+            self._dir.mkdir(parents=True, exist_ok=True)
+            self._lock_file = open(self._dir / "lock", "wb")  # noqa: SIM115 - held for life
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    @property
+    def durable(self) -> bool:
+        return self._dir is not None
+
+    @property
+    def used_bytes(self) -> int:
+        with self._lock:
+            return self._used
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def open_events(self, partition: str) -> int:
+        """Events in the partition's open segment (0 when there is none)."""
+        with self._lock:
+            segment = self._open.get(partition)
+            return 0 if segment is None else segment.events
+
+    def append(
+        self, partition: str, new_key: Callable[[], str], lines: list[bytes], now: float
+    ) -> _Open:
+        """Append JSON lines to the partition's open segment (created, keyed by ``new_key()``,
+        when there is none)."""
+        data = b"".join(lines)
+        with self._lock:
+            if self._used + len(data) > self.max_bytes:
+                raise SpoolFull(f"spool at its cap of {self.max_bytes} bytes")
+            segment = self._open.get(partition)
+            if segment is None:
+                key = new_key()
+                segment = _Open(key=key, created=now)
+                if self._dir is not None:
+                    segment.path = self._dir / f"open-{len(self._open)}-{os.urandom(4).hex()}.seg"
+                    _write_new(segment.path, key.encode() + b"\n")
+                self._open[partition] = segment
+            if segment.path is not None:
+                with open(segment.path, "ab") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+            else:
+                segment.lines.append(data)
+            segment.events += len(lines)
+            segment.size += len(data)
+            self._used += len(data)
+            return segment
+
+    def seal(self, partition: str) -> Sealed | None:
+        """Compress the partition's open segment into an object ready for upload."""
+        with self._lock:
+            segment = self._open.pop(partition, None)
+            if segment is None:
+                return None
+            return self._seal(segment)
+
+    def seal_all(self) -> list[Sealed]:
+        with self._lock:
+            partitions = list(self._open)
+        return [s for p in partitions if (s := self.seal(p)) is not None]
+
+    def open_segments(self) -> list[tuple[str, _Open]]:
+        with self._lock:
+            return list(self._open.items())
+
+    def _seal(self, segment: _Open) -> Sealed:
+        raw = b"".join(segment.lines) if segment.path is None else _payload(segment.path)
+        raw = raw[: raw.rfind(b"\n") + 1]  # a line torn by a crash mid-append is dropped
+        body = gzip.compress(raw, compresslevel=6, mtime=0)
+        self._used += len(body) - segment.size
+        if segment.path is None:
+            sealed = Sealed(segment.key, len(body), body=body, events=segment.events)
+        else:
+            assert self._dir is not None
+            path = self._dir / (segment.path.stem.replace("open-", "obj-") + ".obj")
+            _write_new(path, segment.key.encode() + b"\n" + body)
+            segment.path.unlink()
+            _fsync_dir(self._dir)
+            sealed = Sealed(segment.key, len(body), path=path, events=segment.events or -1)
+        self._sealed.append(sealed)
+        return sealed
+
+    # -- uploading -----------------------------------------------------------------------------
+
+    def next_sealed(self) -> Sealed | None:
+        with self._lock:
+            return self._sealed[0] if self._sealed else None
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._sealed)
+
+    def body(self, sealed: Sealed) -> bytes:
+        if sealed.body is not None:
+            return sealed.body
+        assert sealed.path is not None
+        return _payload(sealed.path)
+
+    def done(self, sealed: Sealed) -> None:
+        """The object store acknowledged ``sealed``: forget it."""
+        with self._lock:
+            self._sealed.remove(sealed)
+            self._used -= sealed.size
+        if sealed.path is not None:
+            sealed.path.unlink(missing_ok=True)
+
+    # -- recovery ------------------------------------------------------------------------------
+
+    def adopt_orphans(self) -> int:
+        """Take over the files of dead writers (and seal their open segments); return a count."""
+        if self.directory is None or self._dir is None:
+            return 0
+        adopted = 0
+        for other in sorted(self.directory.iterdir()):
+            if other == self._dir or not other.is_dir():
+                continue
+            with _dead_writer(other) as dead:
+                if not dead:
+                    continue
+                for path in sorted(other.glob("*.seg")) + sorted(other.glob("*.obj")):
+                    target = self._dir / f"{other.name}-{path.name}"
+                    os.replace(path, target)
+                    key = _key_of(target)
+                    if target.suffix == ".seg":
+                        size = target.stat().st_size
+                        with self._lock:
+                            self._used += size
+                            self._seal(_Open(key=key, size=size, path=target))
+                    else:
+                        size = target.stat().st_size
+                        with self._lock:
+                            self._used += size
+                            self._sealed.append(Sealed(key, size, path=target))
+                    adopted += 1
+                for leftover in other.iterdir():
+                    leftover.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    other.rmdir()
+        return adopted
+
+    def close(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+
+@contextlib.contextmanager
+def _dead_writer(directory: Path) -> Iterator[bool]:
+    """Yield True while holding the lock of a writer directory whose owner is gone."""
+    lock_path = directory / "lock"
+    try:
+        f = open(lock_path, "ab")  # noqa: SIM115
+    except OSError:
+        yield False
+        return
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False  # alive: its owner holds the lock
+            return
+        yield True
+    finally:
+        f.close()
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(_MAGIC + data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _split(path: Path) -> tuple[str, bytes]:
+    data = path.read_bytes()
+    if not data.startswith(_MAGIC):
+        raise ValueError(f"not a spool file: {path}")
+    header, _, payload = data[len(_MAGIC) :].partition(b"\n")
+    return header.decode(), payload
+
+
+def _key_of(path: Path) -> str:
+    return _split(path)[0]
+
+
+def _payload(path: Path) -> bytes:
+    return _split(path)[1]
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,329 @@
+"""Archive exporter: gzip JSON Lines objects, Hive-partitioned, in S3 or a local directory.
+
+Layout: ``<prefix>/org_id=<org>/dt=<YYYY-MM-DD>/<writer>-<seq>.jsonl.gz``, with ``_global`` as
+the org of events without one. ``<writer>`` is ``<host>-<pid>-<random>``, unique per process
+start, and ``<seq>`` counts up, so no upload can overwrite another's, whatever the number of
+workers and hosts writing at once.
+
+``export`` appends each batch to per-partition segments in the spool (fsynced to disk when a
+spool directory is configured) and returns; a segment is sealed into an object once it holds
+``max_events`` events, ``max_bytes`` bytes or is ``max_age`` seconds old, and an uploader thread
+stores sealed objects with jittered exponential backoff for as long as the store is down. The
+spool is bounded (``spool_max_bytes``): past the cap ``export`` reports FAILURE, so the delivery
+pipeline retries and finally counts the loss. ``force_flush`` seals everything and returns True
+only once the store acknowledged every object. At start-up the spools of dead processes are
+adopted and uploaded under their original keys.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import random
+import re
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+
+from audit_middleware._event import AuditEvent
+from audit_middleware._export import ExportResult
+from audit_middleware._warn import logger, warn_limited
+from exporters._object_store import ObjectStore, S3Store, open_store
+from exporters._spool import Sealed, Spool, SpoolFull
+
+__all__ = ["GLOBAL_ORG", "ArchiveExporter", "ArchiveStats"]
+
+#: The partition value of events without an organization.
+GLOBAL_ORG = "_global"
+_BACKOFF_CAP_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveStats:
+    """Counters of an archive exporter, in events and objects."""
+
+    spooled_events: int
+    uploaded_objects: int
+    uploaded_events: int
+    pending_objects: int
+    spool_bytes: int
+    retries: int
+    refused_events: int
+    adopted_files: int
+
+
+class ArchiveExporter:
+    """Write audit events to ``url`` (``s3://bucket/prefix`` or a directory)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        spool_dir: str | os.PathLike[str] | None = None,
+        spool_max_bytes: int = 1 << 30,
+        max_events: int = 10_000,
+        max_bytes: int = 8 << 20,
+        max_age: float = 60.0,
+        retention_days: int = 90,
+        object_lock: str | None = "auto",
+        store: ObjectStore | None = None,
+        s3_client: Any = None,
+    ) -> None:
+        if max_events < 1 or max_bytes < 1 or max_age <= 0 or spool_max_bytes < 1:
+            raise ValueError("max_events, max_bytes, max_age and spool_max_bytes must be positive")
+        if object_lock not in (None, "auto", "COMPLIANCE", "GOVERNANCE"):
+            raise ValueError("object_lock must be 'auto', 'COMPLIANCE', 'GOVERNANCE' or None")
+        if store is None:
+            store, prefix = open_store(url, client=s3_client, retention_days=retention_days)
+        else:
+            prefix = url.strip("/")
+        self.url = url
+        self.store = store
+        self.prefix = prefix
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.max_age = max_age
+        self._object_lock = object_lock
+        self._spool_dir = spool_dir
+        self._spool_max_bytes = spool_max_bytes
+        self._pid = -1
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._idle = threading.Condition(self._lock)
+        self._stopping = False
+        self._spooled = self._uploaded = self._uploaded_events = 0
+        self._retries = self._refused = self._adopted = 0
+        self._seq = 0
+        self._spool: Spool | None = None
+        self._thread: threading.Thread | None = None
+        if spool_dir is not None:
+            self._ensure_started()  # replay what stopped processes left behind, right away
+
+    # -- per-process start ---------------------------------------------------------------------
+
+    def _ensure_started(self) -> Spool:
+        if self._pid == os.getpid() and self._spool is not None:
+            return self._spool
+        with self._lock:
+            if self._pid != os.getpid() or self._spool is None:
+                self._pid = os.getpid()
+                self._writer = _writer_id()
+                self._seq = 0
+                self._spool = Spool(
+                    self._spool_dir, max_bytes=self._spool_max_bytes, writer=self._writer
+                )
+                self._adopted = self._spool.adopt_orphans()
+                if self._adopted:
+                    logger.warning(
+                        "audit archive: adopted %d spooled files of stopped processes",
+                        self._adopted,
+                    )
+                self._thread = threading.Thread(
+                    target=self._upload_loop, name="audit-archive-upload", daemon=True
+                )
+                self._thread.start()
+        assert self._spool is not None
+        return self._spool
+
+    # -- export --------------------------------------------------------------------------------
+
+    def export(self, batch: Sequence[AuditEvent]) -> ExportResult:
+        """Append the batch to the spool (durably, with a spool directory); never uploads here."""
+        spool = self._ensure_started()
+        now = time.time()
+        groups: dict[tuple[str, str], list[bytes]] = {}
+        for event in batch:
+            org = GLOBAL_ORG if event.org_id is None else _partition_value(event.org_id)
+            day = event.occurred_at[:10]
+            groups.setdefault((org, day), []).append(orjson.dumps(event.to_dict()) + b"\n")
+        try:
+            for (org, day), lines in groups.items():
+                partition = f"{org}/{day}"
+                while lines:  # no object holds more than max_events
+                    room = self.max_events - spool.open_events(partition)
+                    chunk, lines = lines[:room], lines[room:]
+                    segment = spool.append(partition, _KeyMaker(self, org, day), chunk, now)
+                    if segment.events >= self.max_events or segment.size >= self.max_bytes:
+                        spool.seal(partition)
+                        self._wake.set()
+        except SpoolFull:
+            self._refused += len(batch)
+            warn_limited(
+                "archive-spool-full",
+                "audit archive spool is full (%d bytes): refused %d events; they are retried "
+                "and counted by the pipeline",
+                self._spool_max_bytes,
+                len(batch),
+            )
+            return ExportResult.FAILURE
+        except OSError:
+            logger.exception("audit archive could not write its spool")
+            return ExportResult.FAILURE
+        self._spooled += len(batch)
+        return ExportResult.SUCCESS
+
+    def _next_key(self, org: str, day: str) -> str:
+        with self._lock:
+            self._seq += 1
+            seq = self._seq
+        name = f"org_id={org}/dt={day}/{self._writer}-{seq:010d}.jsonl.gz"
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+    # -- upload --------------------------------------------------------------------------------
+
+    def _upload_loop(self) -> None:
+        spool = self._spool
+        assert spool is not None
+        self._configure_lock()
+        attempt = 0
+        while True:
+            self._seal_old(spool)
+            sealed = spool.next_sealed()
+            if sealed is None:
+                with self._lock:
+                    self._idle.notify_all()
+                    if self._stopping:
+                        return
+                self._wake.wait(min(1.0, self.max_age))
+                self._wake.clear()
+                continue
+            if self._upload(spool, sealed):
+                attempt = 0
+                continue
+            attempt += 1
+            self._retries += 1
+            delay = random.uniform(0, min(_BACKOFF_CAP_S, 0.2 * 2**attempt))  # noqa: S311
+            self._wake.wait(delay)
+            self._wake.clear()
+            with self._lock:
+                if self._stopping and self._give_up_at <= time.monotonic():
+                    self._idle.notify_all()
+                    return
+
+    def _upload(self, spool: Spool, sealed: Sealed) -> bool:
+        try:
+            body = spool.body(sealed)
+            self.store.put(sealed.key, body)
+        except Exception as exc:
+            warn_limited(
+                "archive-upload",
+                "audit archive upload to %s failed (%s); retrying with backoff",
+                self.store.description,
+                type(exc).__name__,
+            )
+            return False
+        events = sealed.events if sealed.events >= 0 else _count_lines(body)
+        spool.done(sealed)
+        with self._lock:
+            self._uploaded += 1
+            self._uploaded_events += events
+        return True
+
+    def _seal_old(self, spool: Spool) -> None:
+        now = time.time()
+        for partition, segment in spool.open_segments():
+            if now - segment.created >= self.max_age:
+                spool.seal(partition)
+
+    def _configure_lock(self) -> None:
+        if self._object_lock is None or not isinstance(self.store, S3Store):
+            return
+        if self._object_lock != "auto":
+            self.store.lock_mode = self._object_lock
+            return
+        try:
+            self.store.lock_mode = self.store.object_lock_mode()
+        except Exception as exc:
+            logger.warning(
+                "audit archive: could not read the bucket's Object Lock configuration (%s)",
+                type(exc).__name__,
+            )
+
+    # -- control -------------------------------------------------------------------------------
+
+    def force_flush(self, timeout: float | None = None) -> bool:
+        """Seal every open segment and wait until the store acknowledged all; True if it did."""
+        if self._spool is None:
+            return True
+        spool = self._ensure_started()
+        spool.seal_all()
+        deadline = time.monotonic() + (30.0 if timeout is None else timeout)
+        self._wake.set()
+        with self._lock:
+            while spool.pending() and not self._idle.wait(max(0.0, deadline - time.monotonic())):
+                if time.monotonic() >= deadline:
+                    break
+                self._wake.set()
+        return spool.pending() == 0
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Flush within ``timeout``; whatever is left stays in a durable spool for next time."""
+        if self._spool is None:
+            return
+        flushed = self.force_flush(timeout)
+        with self._lock:
+            self._stopping = True
+            self._give_up_at = time.monotonic()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=1.0)
+        if not flushed:
+            where = "kept in the spool for the next start" if self._spool.durable else "lost"
+            logger.warning(
+                "audit archive: %d objects not uploaded at shutdown: %s",
+                self._spool.pending(),
+                where,
+            )
+        self._spool.close()
+
+    def stats(self) -> ArchiveStats:
+        """A snapshot of the counters."""
+        spool = self._spool
+        with self._lock:
+            return ArchiveStats(
+                spooled_events=self._spooled,
+                uploaded_objects=self._uploaded,
+                uploaded_events=self._uploaded_events,
+                pending_objects=0 if spool is None else spool.pending(),
+                spool_bytes=0 if spool is None else spool.used_bytes,
+                retries=self._retries,
+                refused_events=self._refused,
+                adopted_files=self._adopted,
+            )
+
+    _give_up_at = float("inf")
+    _writer = ""
+
+
+class _KeyMaker:
+    """The key of a new segment, numbered only when a segment is really opened."""
+
+    def __init__(self, exporter: ArchiveExporter, org: str, day: str) -> None:
+        self._exporter, self._org, self._day = exporter, org, day
+
+    def __call__(self) -> str:
+        return self._exporter._next_key(self._org, self._day)
+
+
+def _count_lines(gzipped: bytes) -> int:
+    return gzip.decompress(gzipped).count(b"\n")
+
+
+_UNSAFE_HOST = re.compile(r"[^A-Za-z0-9.-]")
+
+
+def _writer_id() -> str:
+    host = _UNSAFE_HOST.sub("-", socket.gethostname())[:40] or "host"
+    return f"{host}-{os.getpid()}-{os.urandom(3).hex()}"
+
+
+def _partition_value(org_id: str) -> str:
+    """Org ids as safe Hive partition values: percent-encoded, bounded."""
+    value = quote(org_id, safe="-_.~")[:200]
+    return value if value and value != GLOBAL_ORG else f"%5F{value[1:]}"

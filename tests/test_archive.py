@@ -1,0 +1,234 @@
+"""The archive exporter: partitioned objects in a directory or a real S3 endpoint (moto)."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from audit_middleware import Auditor, Target
+from exporters.archive import GLOBAL_ORG, ArchiveExporter
+from tests.conftest import MemoryAuditor
+from tests.s3_server import S3Endpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+BUCKET = "audit-archive"
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[S3Endpoint]:
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    endpoint = S3Endpoint()
+    endpoint.start()
+    yield endpoint
+    endpoint.stop()
+
+
+@pytest.fixture
+def s3(s3_endpoint: S3Endpoint) -> S3Endpoint:
+    s3_endpoint.reset()
+    s3_endpoint.client().create_bucket(Bucket=BUCKET, ObjectLockEnabledForBucket=True)
+    s3_endpoint.client().put_object_lock_configuration(
+        Bucket=BUCKET,
+        ObjectLockConfiguration={
+            "ObjectLockEnabled": "Enabled",
+            "Rule": {"DefaultRetention": {"Mode": "COMPLIANCE", "Days": 1}},
+        },
+    )
+    return s3_endpoint
+
+
+def _objects(s3: S3Endpoint) -> dict[str, list[dict[str, Any]]]:
+    client = s3.client()
+    out: dict[str, list[dict[str, Any]]] = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
+        for item in page.get("Contents", []):
+            body = client.get_object(Bucket=BUCKET, Key=item["Key"])["Body"].read()
+            out[item["Key"]] = [orjson.loads(x) for x in gzip.decompress(body).splitlines()]
+    return out
+
+
+def _local_objects(root: Path) -> dict[str, list[dict[str, Any]]]:
+    return {
+        str(p.relative_to(root)): [
+            orjson.loads(x) for x in gzip.decompress(p.read_bytes()).splitlines()
+        ]
+        for p in root.rglob("*.jsonl.gz")
+    }
+
+
+def _record(auditor: Auditor, n: int, *, org: str | None = "org_a") -> list[str]:
+    for i in range(n):
+        auditor.record("doc.updated", org_id=org, target=Target("doc", str(i)))
+    return []
+
+
+def test_local_directory_layout_partitions_and_unique_keys(
+    make_auditor: Callable[..., MemoryAuditor], tmp_path: Path
+) -> None:
+    archive = ArchiveExporter(str(tmp_path / "archive"), max_events=4)
+    auditor = make_auditor(exporters=[archive])
+    _record(auditor, 10, org="org_a")
+    _record(auditor, 3, org=None)
+    _record(auditor, 2, org="weird/org id")
+    assert auditor.force_flush(timeout=10)
+    objects = _local_objects(tmp_path / "archive")
+    day = time.strftime("%Y-%m-%d", time.gmtime())
+    counts: dict[str, int] = {}
+    for key, rows in objects.items():
+        org_part, dt_part, name = key.split("/")
+        assert dt_part == f"dt={day}"
+        assert name.endswith(".jsonl.gz")
+        counts[org_part] = counts.get(org_part, 0) + len(rows)
+    assert counts == {"org_id=org_a": 10, f"org_id={GLOBAL_ORG}": 3, "org_id=weird%2Forg%20id": 2}
+    assert max(len(rows) for rows in objects.values()) <= 4
+    assert archive.stats().uploaded_events == 15
+
+
+def test_s3_objects_carry_checksums_and_object_lock(
+    make_auditor: Callable[..., MemoryAuditor], s3: S3Endpoint
+) -> None:
+    archive = ArchiveExporter(f"s3://{BUCKET}/audit", s3_client=s3.client(), retention_days=3)
+    auditor = make_auditor(exporters=[archive])
+    _record(auditor, 5)
+    assert auditor.force_flush(timeout=10)
+    objects = _objects(s3)
+    assert sum(len(rows) for rows in objects.values()) == 5
+    (key,) = objects
+    assert key.startswith("audit/org_id=org_a/dt=")
+    head = s3.client().head_object(Bucket=BUCKET, Key=key, ChecksumMode="ENABLED")
+    assert head["ObjectLockMode"] == "COMPLIANCE"
+    days = (head["ObjectLockRetainUntilDate"].timestamp() - time.time()) / 86400
+    assert 2.9 < days <= 3.0
+    assert "ChecksumSHA256" in head
+
+
+def test_s3_outage_loses_nothing(
+    make_auditor: Callable[..., MemoryAuditor], s3: S3Endpoint, tmp_path: Path
+) -> None:
+    archive = ArchiveExporter(
+        f"s3://{BUCKET}/audit", s3_client=s3.client(), spool_dir=tmp_path / "spool", max_age=0.2
+    )
+    auditor = make_auditor(exporters=[archive])
+    _record(auditor, 20)
+    assert auditor.force_flush(timeout=10)
+    s3.stop()
+    try:
+        _record(auditor, 30)
+        assert auditor.force_flush(timeout=1) is False  # honest: not delivered while S3 is down
+        assert archive.stats().pending_objects >= 1
+        assert any((tmp_path / "spool").rglob("*.obj"))  # on disk, not only in memory
+    finally:
+        s3.start()
+    assert auditor.force_flush(timeout=30)
+    ids = [row["id"] for rows in _objects(s3).values() for row in rows]
+    assert len(ids) == len(set(ids)) == 50
+    assert archive.stats().retries >= 1
+
+
+def test_spool_cap_refuses_and_counts(
+    make_auditor: Callable[..., MemoryAuditor], tmp_path: Path
+) -> None:
+    class DownStore:
+        description = "down"
+
+        def put(self, key: str, body: bytes) -> None:
+            raise ConnectionError("down")
+
+        def exists(self, key: str) -> bool:
+            return False
+
+    archive = ArchiveExporter(
+        "x", store=DownStore(), spool_dir=tmp_path / "spool", spool_max_bytes=4000
+    )
+    auditor = make_auditor(exporters=[archive], export_retries=0)
+    _record(auditor, 40)
+    auditor.force_flush(timeout=2)
+    stats = auditor.stats()
+    refused = archive.stats().refused_events
+    assert refused > 0
+    assert stats.exporters[0].dropped == refused  # the pipeline counted every refused event
+    assert archive.stats().spooled_events + refused == 40
+    assert archive.stats().spool_bytes <= 4000
+
+
+_WRITER = """
+import os, sys, time
+from audit_middleware import Auditor, Target
+from exporters.archive import ArchiveExporter
+archive = ArchiveExporter(sys.argv[1], spool_dir=sys.argv[2], max_age=3600)
+a = Auditor(exporters=[archive], batch_interval=0.01, environ={})
+n = int(sys.argv[3])
+for i in range(n):
+    a.record("doc.updated", org_id="org_k", target=Target("doc", f"{os.getpid()}-{i}"))
+deadline = time.monotonic() + 30
+while archive.stats().spooled_events < n and time.monotonic() < deadline:
+    time.sleep(0.01)  # spooled (fsynced to disk), but younger than max_age: not uploaded
+print("spooled", flush=True)
+time.sleep(60)
+"""
+
+
+def test_sigkill_then_restart_adopts_the_dead_spool(tmp_path: Path) -> None:
+    archive_dir = tmp_path / "archive"
+    spool = tmp_path / "spool"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(archive_dir), str(spool), "25"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "spooled"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    proc.stdout.close()
+    assert not list(archive_dir.rglob("*.jsonl.gz"))  # nothing uploaded before the kill
+    survivor = ArchiveExporter(str(archive_dir), spool_dir=spool)
+    assert survivor.force_flush(timeout=10)
+    assert survivor.stats().adopted_files >= 1
+    rows = [r for rs in _local_objects(archive_dir).values() for r in rs]
+    assert sorted(r["target"]["id"] for r in rows) == sorted(f"{proc.pid}-{i}" for i in range(25))
+    survivor.shutdown(timeout=5)
+
+
+def test_two_processes_write_at_once_without_collisions(tmp_path: Path) -> None:
+    archive_dir = tmp_path / "archive"
+    script = _WRITER.replace("time.sleep(60)", "archive.force_flush(10)")
+    procs = [
+        subprocess.run(
+            [sys.executable, "-c", script, str(archive_dir), str(tmp_path / "spool"), "300"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        for _ in range(1)
+    ]
+    # start two writers truly concurrently
+    running = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(archive_dir), str(tmp_path / "spool"), "300"],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+        )
+        for _ in range(2)
+    ]
+    for proc in running:
+        assert proc.wait(timeout=60) == 0
+    assert all(p.returncode == 0 for p in procs)
+    objects = _local_objects(archive_dir)
+    ids = [r["id"] for rows in objects.values() for r in rows]
+    assert len(ids) == len(set(ids)) == 900
+    writers = {key.rsplit("/", 1)[1].rsplit("-", 1)[0] for key in objects}
+    assert len(writers) == 3
