@@ -231,7 +231,27 @@ class ArchiveExporter:
             if now - segment.created >= self.max_age:
                 spool.seal(partition)
 
+    def _check_bucket(self) -> None:
+        """Report a misconfigured bucket (no versioning, a lock shorter than retention...)."""
+        if not isinstance(self.store, S3Store):
+            return
+        from exporters.s3_bucket import inspect_bucket  # noqa: PLC0415 - needs boto3
+
+        try:
+            findings = inspect_bucket(
+                self.store.client,
+                self.store.bucket,
+                retention_days=self.store.retention_days,
+                prefix=self.prefix,
+            )
+        except Exception as exc:  # noqa: BLE001 - the store may be down at start-up
+            logger.warning("audit archive: could not inspect the bucket (%s)", type(exc).__name__)
+            return
+        for finding in findings:
+            logger.warning("audit archive bucket %s: %s", finding.severity, finding.message)
+
     def _configure_lock(self) -> None:
+        self._check_bucket()
         if self._object_lock is None or not isinstance(self.store, S3Store):
             return
         if self._object_lock != "auto":

@@ -232,3 +232,34 @@ def test_two_processes_write_at_once_without_collisions(tmp_path: Path) -> None:
     assert len(ids) == len(set(ids)) == 900
     writers = {key.rsplit("/", 1)[1].rsplit("-", 1)[0] for key in objects}
     assert len(writers) == 3
+
+
+def test_misconfigured_bucket_is_reported_at_start_up(
+    make_auditor: Callable[..., MemoryAuditor],
+    s3: S3Endpoint,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    s3.client().create_bucket(Bucket="plain-bucket")
+    archive = ArchiveExporter("s3://plain-bucket/audit", s3_client=s3.client())
+    auditor = make_auditor(exporters=[archive])
+    _record(auditor, 1)
+    assert auditor.force_flush(timeout=10)
+    messages = [r.getMessage() for r in caplog.records if r.name == "audit_middleware"]
+    assert any("versioning" in m.lower() for m in messages), messages
+    assert any("object lock" in m.lower() for m in messages), messages
+
+
+def test_archive_selected_by_name_from_the_environment(tmp_path: Path) -> None:
+    env = {
+        "AUDIT_LOG_EXPORTERS": "archive",
+        "AUDIT_LOG_ARCHIVE_URL": str(tmp_path / "archive"),
+        "AUDIT_LOG_SPOOL_DIR": str(tmp_path / "spool"),
+        "AUDIT_LOG_ARCHIVE_MAX_EVENTS": "2",
+    }
+    auditor = Auditor(environ=env, batch_interval=0.01)
+    _record(auditor, 5)
+    assert auditor.force_flush(timeout=10)
+    objects = _local_objects(tmp_path / "archive")
+    assert sum(len(rows) for rows in objects.values()) == 5
+    assert len(objects) == 3
+    auditor.shutdown(timeout=5)

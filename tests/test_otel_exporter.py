@@ -828,3 +828,17 @@ def test_importing_exporters_needs_no_opentelemetry_and_a_missing_sdk_says_what_
     loaded, error = out.splitlines()
     assert loaded == "[]"
     assert "pip install 'audit-log-middleware[otel]'" in error
+
+
+def test_otlp_selected_by_name_from_the_environment() -> None:
+    with HttpReceiver() as receiver:
+        env = {
+            "AUDIT_LOG_EXPORTERS": "otlp",
+            "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT": receiver.endpoint,
+            "OTEL_SERVICE_NAME": "billing",
+        }
+        auditor = Auditor(environ=env, batch_interval=0.01)
+        auditor.record("org.plan.changed", org_id="org_1")
+        assert auditor.force_flush(timeout=10)
+        auditor.shutdown(timeout=5)
+        assert [r.event_name for r in receiver.records] == ["org.plan.changed"]
