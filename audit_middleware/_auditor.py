@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import EllipsisType
 from typing import Any
 
@@ -23,7 +23,6 @@ from audit_middleware._pipeline import DeliveryPipeline, PipelineStats
 from audit_middleware._rules import Rule, RuleSet, Source, UnmatchedPolicy, is_valid_action
 from audit_middleware._rules_file import load_rules_file
 from audit_middleware._sanitize import Redactor
-from audit_middleware._trace import TraceCapture, trace_capture
 from audit_middleware._warn import logger, warn_limited
 from audit_middleware.resolvers import ActorResolver, OrgResolver, scope_user_actor, scope_user_org
 
@@ -289,8 +288,14 @@ def _notify_observers(event: AuditEvent) -> None:
             logger.exception("audit event observer raised")
 
 
+TraceCapture = Callable[[], Mapping[str, str] | None]
+
+
 def _trace_capture(config: AuditConfig, exporters: Sequence[Exporter]) -> TraceCapture | None:
-    """On when asked, or (auto) when the app already uses OpenTelemetry or exports over OTLP."""
+    """On when asked, or (auto) when the app already uses OpenTelemetry or exports over OTLP.
+
+    The OpenTelemetry API is imported only by the adapter module ``exporters.otel``.
+    """
     if config.trace_context == "off":
         return None
     uses_otel = "opentelemetry" in sys.modules or any(
@@ -298,6 +303,8 @@ def _trace_capture(config: AuditConfig, exporters: Sequence[Exporter]) -> TraceC
     )
     if config.trace_context == "auto" and not uses_otel:
         return None
+    from exporters.otel import trace_capture
+
     capture = trace_capture()
     if capture is None and config.trace_context == "on":
         raise AuditConfigError(

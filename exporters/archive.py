@@ -235,7 +235,7 @@ class ArchiveExporter:
         """Report a misconfigured bucket (no versioning, a lock shorter than retention...)."""
         if not isinstance(self.store, S3Store):
             return
-        from exporters.s3_bucket import inspect_bucket  # noqa: PLC0415 - needs boto3
+        from exporters.s3_bucket import inspect_bucket
 
         try:
             findings = inspect_bucket(
@@ -244,7 +244,7 @@ class ArchiveExporter:
                 retention_days=self.store.retention_days,
                 prefix=self.prefix,
             )
-        except Exception as exc:  # noqa: BLE001 - the store may be down at start-up
+        except Exception as exc:
             logger.warning("audit archive: could not inspect the bucket (%s)", type(exc).__name__)
             return
         for finding in findings:

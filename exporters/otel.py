@@ -20,7 +20,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, cast
@@ -38,7 +38,13 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.util.types import AnyValue, AttributeValue
 
-__all__ = ["OTLPExporter", "OTLPSettings", "from_environment", "resolve_settings"]
+__all__ = [
+    "OTLPExporter",
+    "OTLPSettings",
+    "from_environment",
+    "resolve_settings",
+    "trace_capture",
+]
 
 ProtocolName = Literal["http/protobuf", "grpc"]
 CompressionName = Literal["gzip", "none"]
@@ -415,6 +421,25 @@ def trace_ids(data: Mapping[str, Any]) -> tuple[int, int] | None:
 
 
 # -- OpenTelemetry, imported on first use -------------------------------------------------------
+
+
+def trace_capture() -> Callable[[], Mapping[str, str] | None] | None:
+    """For the middleware: a cheap function returning the active span's ids (W3C hex), or
+    None when opentelemetry-api is not installed. Called when a response starts, so a tracing
+    middleware inside the audit middleware has its span active."""
+    try:
+        from opentelemetry import trace
+    except ImportError:
+        return None
+    current_span = trace.get_current_span
+
+    def capture() -> Mapping[str, str] | None:
+        context = current_span().get_span_context()
+        if not context.is_valid:
+            return None
+        return {"trace_id": f"{context.trace_id:032x}", "span_id": f"{context.span_id:016x}"}
+
+    return capture
 
 
 def _require_otel() -> None:
