@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -99,15 +98,17 @@ def wsgi_headers(environ: Mapping[str, Any]) -> list[tuple[bytes, bytes]]:
     return headers
 
 
-def _wsgi_route(environ: Mapping[str, Any], path_info: str) -> tuple[str | None, Mapping[str, Any]]:
+def _wsgi_route(
+    environ: Mapping[str, Any], path_info: str, django: bool
+) -> tuple[str | None, Mapping[str, Any]]:
     """Route template and path parameters from Flask (Werkzeug) or Django, when available."""
+    if django:
+        return _django_route(path_info)
     request = environ.get("werkzeug.request")
     rule = getattr(getattr(request, "url_rule", None), "rule", None)
     if isinstance(rule, str):
         params = getattr(request, "view_args", None)
         return _angle_to_braces(rule), params if isinstance(params, Mapping) else {}
-    if "django" in sys.modules and environ.get("wsgi.version") is not None:
-        return _django_route(path_info)
     return None, {}
 
 
@@ -130,11 +131,12 @@ def _django_route(path_info: str) -> tuple[str | None, Mapping[str, Any]]:
         return None, {}
 
 
-def wsgi_view(environ: Mapping[str, Any]) -> RequestView:
-    """Read a WSGI environ (after the app ran, so Flask's routing information is present)."""
+def wsgi_view(environ: Mapping[str, Any], *, django: bool = False) -> RequestView:
+    """Read a WSGI environ (after the app ran, so Flask's routing information is present);
+    ``django``: the app is Django's handler, whose URL configuration names the route."""
     script = _wsgi_text(str(environ.get("SCRIPT_NAME", "")))
     path_info = _wsgi_text(str(environ.get("PATH_INFO", "")))
-    route, params = _wsgi_route(environ, path_info)
+    route, params = _wsgi_route(environ, path_info, django)
     if route is not None and script:
         route = script.rstrip("/") + route
     peer = environ.get("REMOTE_ADDR")
@@ -150,5 +152,7 @@ def wsgi_view(environ: Mapping[str, Any]) -> RequestView:
 
 
 def request_view(scope: Mapping[str, Any], protocol: str) -> RequestView:
-    """The view of an ASGI scope or a WSGI environ."""
-    return wsgi_view(scope) if protocol == "wsgi" else asgi_view(scope)
+    """The view of an ASGI scope (``asgi``) or a WSGI environ (``wsgi``, ``wsgi-django``)."""
+    if protocol == "asgi":
+        return asgi_view(scope)
+    return wsgi_view(scope, django=protocol == "wsgi-django")

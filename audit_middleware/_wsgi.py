@@ -9,6 +9,7 @@ closes the response (or when the app raises).
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from time import perf_counter_ns, time_ns
 from types import TracebackType
@@ -17,7 +18,7 @@ from typing import Any
 from audit_middleware._asgi import keep_chunk
 from audit_middleware._auditor import Auditor
 from audit_middleware._builder import MAX_REQUEST_BODY
-from audit_middleware._context import RequestContext, _current
+from audit_middleware._context import RequestContext, _current, current_context
 from audit_middleware._warn import logger, warn_limited
 
 __all__ = ["AuditWSGIMiddleware"]
@@ -39,6 +40,8 @@ class AuditWSGIMiddleware:
             raise TypeError("pass either an auditor or Auditor keyword arguments, not both")
         self.app = app
         self.auditor = auditor if auditor is not None else Auditor(**options)
+        self._framework = _framework_of(app)
+        _listen_for_framework_errors()
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         auditor = self.auditor
@@ -46,7 +49,7 @@ class AuditWSGIMiddleware:
             return self.app(environ, start_response)
         method = str(environ.get("REQUEST_METHOD", "GET"))
         ctx = RequestContext(auditor, environ, method, time_ns())
-        ctx.protocol = "wsgi"
+        ctx.protocol = self._framework
         start = perf_counter_ns()
         rules = auditor.rules
         keep_body = method in rules.body_methods
@@ -146,6 +149,50 @@ class _TeeInput:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
+
+
+def _framework_of(app: Any) -> str:
+    """``wsgi-django`` for Django's handler (its routes are looked up), else ``wsgi``."""
+    django_wsgi = sys.modules.get("django.core.handlers.wsgi")
+    handler = getattr(django_wsgi, "WSGIHandler", None)
+    if handler is not None and isinstance(app, handler):
+        return "wsgi-django"
+    return "wsgi"
+
+
+_listening = False
+
+
+def _listen_for_framework_errors() -> None:
+    """Flask and Django turn a view's exception into a 500 before WSGI middleware sees it;
+    their ``got_request_exception`` signals tell us its class (once per process)."""
+    global _listening
+    if _listening:
+        return
+    _listening = True
+    if "flask" in sys.modules:
+        from flask import got_request_exception as flask_signal
+
+        flask_signal.connect(_on_flask_exception, weak=False)
+    if "django" in sys.modules:
+        from django.core.signals import (
+            got_request_exception as django_signal,
+        )
+
+        django_signal.connect(_on_django_exception, weak=False)
+
+
+def _on_flask_exception(sender: Any, exception: BaseException, **_: Any) -> None:
+    ctx = current_context()
+    if ctx is not None:
+        ctx.error_type = type(exception).__qualname__
+
+
+def _on_django_exception(sender: Any, **_: Any) -> None:
+    ctx = current_context()
+    exc = sys.exc_info()[1]
+    if ctx is not None and exc is not None:
+        ctx.error_type = type(exc).__qualname__
 
 
 def _status_code(status: str) -> int:

@@ -274,12 +274,13 @@ class ArchiveExporter:
         spool = self._ensure_started()
         spool.seal_all()
         deadline = time.monotonic() + (30.0 if timeout is None else timeout)
-        self._wake.set()
         with self._lock:
-            while spool.pending() and not self._idle.wait(max(0.0, deadline - time.monotonic())):
-                if time.monotonic() >= deadline:
+            while spool.pending():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
                     break
                 self._wake.set()
+                self._idle.wait(min(remaining, 0.5))
         return spool.pending() == 0
 
     def shutdown(self, timeout: float | None = None) -> None:
