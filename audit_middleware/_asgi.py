@@ -56,6 +56,7 @@ class AuditMiddleware:
         keep_headers = keep_body or method in rules.response_header_methods
         keep_request = method in rules.request_body_methods
         capture_trace = auditor.capture_trace
+        strict = auditor.strict
         if keep_request:
             ctx.request_body = []
 
@@ -70,8 +71,14 @@ class AuditMiddleware:
             elif message["type"] == "http.response.body":
                 if keep_body:
                     keep_chunk(ctx, message.get("body", b""))
+                final = not message.get("more_body", False)
+                if final and strict:
+                    ctx.duration_ns = perf_counter_ns() - start
+                    ctx.completed = not ctx.disconnected
+                    # The client gets its last byte only once the event is on disk.
+                    await _in_thread(auditor.make_durable, ctx)
                 await send(message)
-                if not message.get("more_body", False):
+                if final and not strict:
                     ctx.duration_ns = perf_counter_ns() - start
                     ctx.completed = not ctx.disconnected
             else:
@@ -115,6 +122,18 @@ class AuditMiddleware:
             await send(message)
 
         return lifespan_send
+
+
+async def _in_thread(function: Callable[[RequestContext], None], ctx: RequestContext) -> None:
+    """Run blocking disk I/O off the event loop (anyio when available, else asyncio)."""
+    try:
+        import anyio.to_thread
+    except ImportError:
+        import asyncio
+
+        await asyncio.get_running_loop().run_in_executor(None, function, ctx)
+        return
+    await anyio.to_thread.run_sync(function, ctx)
 
 
 def keep_chunk(ctx: RequestContext, chunk: bytes) -> None:

@@ -16,7 +16,7 @@ from audit_middleware._client_ip import ProxyTrust
 from audit_middleware._config import AuditConfig, AuditConfigError, IpPrivacy, OverflowPolicy
 from audit_middleware._context import RequestContext, current_context, org_was_set
 from audit_middleware._event import ANONYMOUS, OUTCOMES, Actor, AuditEvent, Outcome, Target
-from audit_middleware._export import Exporter
+from audit_middleware._export import DurableExporter, Exporter
 from audit_middleware._jwt import JWTConfig, JWTVerifier
 from audit_middleware._jwt_setup import jwt_from_config, jwt_from_rules_file
 from audit_middleware._pipeline import DeliveryPipeline, PipelineStats
@@ -68,6 +68,7 @@ class Auditor:
         brute_force_threshold: int | None = None,
         brute_force_window: float | None = None,
         trace_context: str | None = None,
+        strict: bool | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> None:
         global _default
@@ -94,6 +95,7 @@ class Auditor:
             "brute_force_threshold": brute_force_threshold,
             "brute_force_window": brute_force_window,
             "trace_context": trace_context,
+            "strict": strict,
         }
         if exporters is not None:
             overrides["exporters"] = tuple(e for e in exporters if isinstance(e, str))
@@ -152,6 +154,15 @@ class Auditor:
             on_built=_notify_observers,  # no-op unless capture_audit_events() is active
         )
         self.capture_trace = _trace_capture(config, self.exporters)
+        self.durable_exporters: tuple[DurableExporter, ...] = tuple(
+            e for e in self.exporters if isinstance(e, DurableExporter) and e.durable
+        )
+        self.strict = config.strict
+        if self.strict and not self.durable_exporters:
+            raise AuditConfigError(
+                "strict mode (AUDIT_LOG_STRICT) needs a durable exporter: the archive with a "
+                "spool directory (AUDIT_LOG_EXPORTERS=archive, AUDIT_LOG_SPOOL_DIR=...)"
+            )
         self.enabled = config.enabled
         _default = self
 
@@ -159,10 +170,29 @@ class Auditor:
 
     def submit_request(self, ctx: RequestContext) -> None:
         """Called by the middleware once a request ended: resolve the actor, then enqueue."""
+        if ctx.strict_events is not None:  # already built and made durable (strict mode)
+            for event in ctx.strict_events:
+                self.pipeline.submit(event)
+            return
         if ctx.skip or (ctx.action is None and not self.rules.may_audit(ctx.method)):
             return
         self._resolve(ctx)
         self._submit(ctx)
+
+    def make_durable(self, ctx: RequestContext) -> None:
+        """Strict mode, before the response's last byte: build the event and write it to every
+        durable exporter (the archive's disk spool); raises if that fails. Blocks on disk I/O:
+        call it from a worker thread in async servers."""
+        if ctx.skip or (ctx.action is None and not self.rules.may_audit(ctx.method)):
+            ctx.strict_events = []
+            return
+        self._resolve(ctx)
+        events = self._build(ctx)
+        for exporter in self.durable_exporters:
+            exporter.write_through(events)
+        for event in events:
+            _notify_observers(event)
+        ctx.strict_events = events
 
     def _resolve(self, ctx: RequestContext) -> None:
         scope = ctx.scope

@@ -62,6 +62,7 @@ ENV: Final[Mapping[str, str]] = {
     "AUDIT_LOG_SPOOL_MAX_BYTES": "1073741824",
     "AUDIT_LOG_RETENTION_DAYS": "90",
     "AUDIT_LOG_OBJECT_LOCK": "auto",
+    "AUDIT_LOG_STRICT": "false",
 }
 
 
@@ -112,6 +113,7 @@ class AuditConfig:
     spool_max_bytes: int
     retention_days: int
     object_lock: Literal["auto", "off", "compliance", "governance"]
+    strict: bool
 
     @classmethod
     def resolve(
@@ -181,6 +183,7 @@ class AuditConfig:
                 "AUDIT_LOG_OBJECT_LOCK",
                 _choice(("auto", "off", "compliance", "governance")),
             ),
+            strict=r.get("strict", "AUDIT_LOG_STRICT", _bool),
         )
 
 

@@ -11,7 +11,7 @@ import contextvars
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from audit_middleware._event import Actor, ActorType, Target
+from audit_middleware._event import Actor, ActorType, AuditEvent, Target
 from audit_middleware._rules import is_valid_action
 from audit_middleware._warn import warn_limited
 
@@ -48,6 +48,7 @@ class RequestContext:
     response_body: list[bytes] | None = None
     request_body: list[bytes] | None = None
     trace: Mapping[str, str] | None = None
+    strict_events: list[AuditEvent] | None = None  # built and made durable before the last byte
     # Hints from handler code (set_actor & co.); they win over rules and resolvers.
     actor: Actor | None = None
     target: Target | None = None

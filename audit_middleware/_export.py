@@ -8,7 +8,7 @@ from typing import Protocol, runtime_checkable
 
 from audit_middleware._event import AuditEvent
 
-__all__ = ["ExportResult", "Exporter"]
+__all__ = ["DurableExporter", "ExportResult", "Exporter"]
 
 
 class ExportResult(enum.Enum):
@@ -37,4 +37,20 @@ class Exporter(Protocol):
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Release resources; no ``export`` call follows."""
+        ...
+
+
+@runtime_checkable
+class DurableExporter(Exporter, Protocol):
+    """An exporter that can make events durable synchronously, for strict mode.
+
+    ``write_through`` returns once the events are on stable storage (e.g. fsynced to a local
+    spool) and raises otherwise; the same events later arrive through ``export`` too and must
+    then be skipped, so each is stored once.
+    """
+
+    durable: bool
+
+    def write_through(self, events: Sequence[AuditEvent]) -> None:
+        """Store ``events`` durably now, or raise."""
         ...

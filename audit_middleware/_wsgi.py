@@ -76,15 +76,22 @@ class AuditWSGIMiddleware:
             ctx.error_type = type(exc).__qualname__
             _finish(ctx, start, token)
             raise
-        return _AuditedResponse(result, ctx, start, token, keep_body)
+        return _AuditedResponse(result, ctx, start, token, keep_body, auditor.strict)
 
 
 class _AuditedResponse:
     """Passes the app's iterable through; records completion and submits the event on close."""
 
     def __init__(
-        self, result: Iterable[bytes], ctx: RequestContext, start: int, token: Any, keep_body: bool
+        self,
+        result: Iterable[bytes],
+        ctx: RequestContext,
+        start: int,
+        token: Any,
+        keep_body: bool,
+        strict: bool = False,
     ) -> None:
+        self._strict = strict
         self._result = result
         self._ctx = ctx
         self._start = start
@@ -94,17 +101,27 @@ class _AuditedResponse:
 
     def __iter__(self) -> Iterator[bytes]:
         ctx = self._ctx
+        held: bytes | None = None  # strict mode holds one chunk back: the last one waits
         try:
             for chunk in self._result:
                 if self._keep_body:
                     keep_chunk(ctx, chunk)
-                yield chunk
+                if self._strict:
+                    if held is not None:
+                        yield held
+                    held = chunk
+                else:
+                    yield chunk
         except BaseException as exc:
             if not isinstance(exc, GeneratorExit):
                 ctx.error_type = type(exc).__qualname__
             raise
         ctx.duration_ns = perf_counter_ns() - self._start
         ctx.completed = True
+        if self._strict:
+            ctx.auditor.make_durable(ctx)  # on disk before the client gets the last byte
+            if held is not None:
+                yield held
 
     def close(self) -> None:
         try:

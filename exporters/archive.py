@@ -102,6 +102,7 @@ class ArchiveExporter:
         self._seq = 0
         self._spool: Spool | None = None
         self._thread: threading.Thread | None = None
+        self._written_through: dict[str, None] = {}
         if spool_dir is not None:
             self._ensure_started()  # replay what stopped processes left behind, right away
 
@@ -133,8 +134,33 @@ class ArchiveExporter:
 
     # -- export --------------------------------------------------------------------------------
 
+    @property
+    def durable(self) -> bool:
+        """Whether events are on disk (a spool directory) before ``export`` returns."""
+        return self._spool_dir is not None
+
+    def write_through(self, events: Sequence[AuditEvent]) -> None:
+        """Strict mode: append ``events`` to the disk spool now (fsynced) or raise; the same
+        events arriving later through ``export`` are skipped."""
+        if self.export(events) is not ExportResult.SUCCESS:
+            raise OSError("audit archive: could not spool events durably")
+        with self._lock:
+            for event in events:
+                self._written_through[event.id] = None
+            while len(self._written_through) > 100_000:  # ids the pipeline dropped never come
+                del self._written_through[next(iter(self._written_through))]
+
     def export(self, batch: Sequence[AuditEvent]) -> ExportResult:
         """Append the batch to the spool (durably, with a spool directory); never uploads here."""
+        if self._written_through:
+            with self._lock:
+                seen = self._written_through
+                fresh = [e for e in batch if e.id not in seen]
+                for event in batch:
+                    seen.pop(event.id, None)
+            batch = fresh
+            if not batch:
+                return ExportResult.SUCCESS
         spool = self._ensure_started()
         now = time.time()
         groups: dict[tuple[str, str], list[bytes]] = {}
