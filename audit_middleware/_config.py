@@ -105,7 +105,7 @@ class AuditConfig:
     brute_force_window: float
     trace_context: Literal["auto", "on", "off"]
     archive_url: str
-    archive_format: Literal["jsonl"]
+    archive_format: Literal["jsonl", "parquet"]
     archive_max_events: int
     archive_max_bytes: int
     archive_max_age: float
@@ -167,7 +167,9 @@ class AuditConfig:
                 "trace_context", "AUDIT_LOG_TRACE_CONTEXT", _choice(("auto", "on", "off"))
             ),
             archive_url=r.get("archive_url", "AUDIT_LOG_ARCHIVE_URL", _text),
-            archive_format=r.get("archive_format", "AUDIT_LOG_ARCHIVE_FORMAT", _choice(("jsonl",))),
+            archive_format=r.get(
+                "archive_format", "AUDIT_LOG_ARCHIVE_FORMAT", _choice(("jsonl", "parquet"))
+            ),
             archive_max_events=r.get(
                 "archive_max_events", "AUDIT_LOG_ARCHIVE_MAX_EVENTS", _int(1, 10_000_000)
             ),

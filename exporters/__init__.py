@@ -56,6 +56,7 @@ def create_exporter(
             max_age=config.archive_max_age,
             retention_days=config.retention_days,
             object_lock=lock if lock in (None, "auto") else lock.upper(),
+            format=config.archive_format,
         )
     raise ValueError(
         f"unknown exporter {name!r} in AUDIT_LOG_EXPORTERS: expected one of {EXPORTER_NAMES}"

@@ -40,7 +40,7 @@ class Sealed:
     size: int
     path: Path | None = None
     body: bytes | None = None
-    events: int = -1  # unknown for objects adopted from another process
+    events: int = -1
 
 
 @dataclass
@@ -59,8 +59,14 @@ class Spool:
     """Durable (with a directory) or in-memory storage of segments and sealed objects."""
 
     def __init__(
-        self, directory: str | os.PathLike[str] | None, *, max_bytes: int, writer: str
+        self,
+        directory: str | os.PathLike[str] | None,
+        *,
+        max_bytes: int,
+        writer: str,
+        encode: Callable[[bytes], bytes] = lambda raw: gzip.compress(raw, mtime=0),
     ) -> None:
+        self.encode = encode
         self.directory = None if directory is None else Path(directory)
         self.max_bytes = max_bytes
         self.writer = writer
@@ -142,17 +148,18 @@ class Spool:
     def _seal(self, segment: _Open) -> Sealed:
         raw = b"".join(segment.lines) if segment.path is None else _payload(segment.path)
         raw = raw[: raw.rfind(b"\n") + 1]  # a line torn by a crash mid-append is dropped
-        body = gzip.compress(raw, compresslevel=6, mtime=0)
+        events = raw.count(b"\n")
+        body = self.encode(raw)
         self._used += len(body) - segment.size
         if segment.path is None:
-            sealed = Sealed(segment.key, len(body), body=body, events=segment.events)
+            sealed = Sealed(segment.key, len(body), body=body, events=events)
         else:
             assert self._dir is not None
             path = self._dir / (segment.path.stem.replace("open-", "obj-") + ".obj")
-            _write_new(path, segment.key.encode() + b"\n" + body)
+            _write_new(path, f"{segment.key}\t{events}".encode() + b"\n" + body)
             segment.path.unlink()
             _fsync_dir(self._dir)
-            sealed = Sealed(segment.key, len(body), path=path, events=segment.events or -1)
+            sealed = Sealed(segment.key, len(body), path=path, events=events)
         self._sealed.append(sealed)
         return sealed
 
@@ -196,7 +203,7 @@ class Spool:
                 for path in sorted(other.glob("*.seg")) + sorted(other.glob("*.obj")):
                     target = self._dir / f"{other.name}-{path.name}"
                     os.replace(path, target)
-                    key = _key_of(target)
+                    key, events = _header_of(target)
                     if target.suffix == ".seg":
                         size = target.stat().st_size
                         with self._lock:
@@ -206,7 +213,7 @@ class Spool:
                         size = target.stat().st_size
                         with self._lock:
                             self._used += size
-                            self._sealed.append(Sealed(key, size, path=target))
+                            self._sealed.append(Sealed(key, size, path=target, events=events))
                     adopted += 1
                 for leftover in other.iterdir():
                     leftover.unlink(missing_ok=True)
@@ -257,8 +264,10 @@ def _split(path: Path) -> tuple[str, bytes]:
     return header.decode(), payload
 
 
-def _key_of(path: Path) -> str:
-    return _split(path)[0]
+def _header_of(path: Path) -> tuple[str, int]:
+    """The object key (and, for sealed objects, the event count) a spool file starts with."""
+    key, _, events = _split(path)[0].partition("\t")
+    return key, int(events) if events.isdigit() else -1
 
 
 def _payload(path: Path) -> bytes:

@@ -1,9 +1,10 @@
-"""Archive exporter: gzip JSON Lines objects, Hive-partitioned, in S3 or a local directory.
+"""Archive exporter: gzip JSON Lines (or zstd Parquet) objects, Hive-partitioned, in S3 or a
+local directory.
 
-Layout: ``<prefix>/org_id=<org>/dt=<YYYY-MM-DD>/<writer>-<seq>.jsonl.gz``, with ``_global`` as
-the org of events without one. ``<writer>`` is ``<host>-<pid>-<random>``, unique per process
-start, and ``<seq>`` counts up, so no upload can overwrite another's, whatever the number of
-workers and hosts writing at once.
+Layout: ``<prefix>/org_id=<org>/dt=<YYYY-MM-DD>/<writer>-<seq>.jsonl.gz`` (or ``.parquet``),
+with ``_global`` as the org of events without one. ``<writer>`` is ``<host>-<pid>-<random>``,
+unique per process start, and ``<seq>`` counts up, so no upload can overwrite another's,
+whatever the number of workers and hosts writing at once.
 
 ``export`` appends each batch to per-partition segments in the spool (fsynced to disk when a
 spool directory is configured) and returns; a segment is sealed into an object once it holds
@@ -72,11 +73,20 @@ class ArchiveExporter:
         max_age: float = 60.0,
         retention_days: int = 90,
         object_lock: str | None = "auto",
+        format: str = "jsonl",
         store: ObjectStore | None = None,
         s3_client: Any = None,
     ) -> None:
         if max_events < 1 or max_bytes < 1 or max_age <= 0 or spool_max_bytes < 1:
             raise ValueError("max_events, max_bytes, max_age and spool_max_bytes must be positive")
+        if format not in ("jsonl", "parquet"):
+            raise ValueError(f"archive format must be 'jsonl' or 'parquet', got {format!r}")
+        if format == "parquet":
+            from exporters._parquet import arrow_schema
+
+            arrow_schema()
+        self.format = format
+        self._suffix = ".parquet" if format == "parquet" else ".jsonl.gz"
         if object_lock not in (None, "auto", "COMPLIANCE", "GOVERNANCE"):
             raise ValueError("object_lock must be 'auto', 'COMPLIANCE', 'GOVERNANCE' or None")
         if store is None:
@@ -117,7 +127,10 @@ class ArchiveExporter:
                 self._writer = _writer_id()
                 self._seq = 0
                 self._spool = Spool(
-                    self._spool_dir, max_bytes=self._spool_max_bytes, writer=self._writer
+                    self._spool_dir,
+                    max_bytes=self._spool_max_bytes,
+                    writer=self._writer,
+                    encode=_encode_parquet if self.format == "parquet" else _encode_jsonl,
                 )
                 self._adopted = self._spool.adopt_orphans()
                 if self._adopted:
@@ -198,7 +211,7 @@ class ArchiveExporter:
         with self._lock:
             self._seq += 1
             seq = self._seq
-        name = f"org_id={org}/dt={day}/{self._writer}-{seq:010d}.jsonl.gz"
+        name = f"org_id={org}/dt={day}/{self._writer}-{seq:010d}{self._suffix}"
         return f"{self.prefix}/{name}" if self.prefix else name
 
     # -- upload --------------------------------------------------------------------------------
@@ -244,7 +257,7 @@ class ArchiveExporter:
                 type(exc).__name__,
             )
             return False
-        events = sealed.events if sealed.events >= 0 else _count_lines(body)
+        events = max(sealed.events, 0)
         spool.done(sealed)
         with self._lock:
             self._uploaded += 1
@@ -358,8 +371,14 @@ class _KeyMaker:
         return self._exporter._next_key(self._org, self._day)
 
 
-def _count_lines(gzipped: bytes) -> int:
-    return gzip.decompress(gzipped).count(b"\n")
+def _encode_jsonl(raw: bytes) -> bytes:
+    return gzip.compress(raw, compresslevel=6, mtime=0)
+
+
+def _encode_parquet(raw: bytes) -> bytes:
+    from exporters._parquet import encode_parquet
+
+    return encode_parquet(raw)
 
 
 _UNSAFE_HOST = re.compile(r"[^A-Za-z0-9.-]")

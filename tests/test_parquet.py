@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
+import importlib
 import io
 import json
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,10 +31,13 @@ from exporters import _parquet
 from exporters._parquet import arrow_schema, decode_parquet, encode_parquet
 from tests.conftest import MemoryAuditor, assert_valid
 
-# Any-typed modules: pyarrow ships no type information.
-pa = pytest.importorskip("pyarrow")
-pq = pytest.importorskip("pyarrow.parquet")
-ds = pytest.importorskip("pyarrow.dataset")
+# Any-typed modules: pyarrow ships no type information. A missing package fails, never skips.
+try:
+    pa: Any = importlib.import_module("pyarrow")
+    pq: Any = importlib.import_module("pyarrow.parquet")
+    ds: Any = importlib.import_module("pyarrow.dataset")
+except ImportError as exc:
+    raise ImportError("the Parquet tests need pyarrow: pip install -e '.[dev]'") from exc
 
 JSON_SCHEMA: dict[str, Any] = json.loads(schema_path().read_text(encoding="utf-8"))
 BASE_NS = 1_780_000_000_123_456_789  # 2026-05-28T20:26:40.123456Z
@@ -315,8 +320,10 @@ def test_round_trip_of_realistic_events() -> None:
     assert all("org_id" not in e for e in decoded)
 
 
-def test_round_trip_of_events_built_by_the_auditor(make_auditor: Any) -> None:
-    auditor: MemoryAuditor = make_auditor()
+def test_round_trip_of_events_built_by_the_auditor(
+    make_auditor: Callable[..., MemoryAuditor],
+) -> None:
+    auditor = make_auditor()
     auditor.record("doc.shared", org_id="org_a", target=Target("doc", "d1"), metadata={"to": 3})
     auditor.record("user.login.failed", org_id=None, outcome="denied")
     auditor.record("org.member.removed", org_id="org_b", actor=Actor("u9", type="service"))
@@ -551,7 +558,10 @@ def test_readable_as_a_hive_partitioned_dataset(tmp_path: Path) -> None:
 
 
 def test_readable_by_duckdb_with_hive_partitioning(tmp_path: Path) -> None:
-    duckdb = pytest.importorskip("duckdb")
+    try:
+        duckdb: Any = importlib.import_module("duckdb")
+    except ImportError as exc:
+        raise ImportError("this test needs duckdb: pip install -e '.[dev]'") from exc
     by_org = _write_partitions(tmp_path)
     with duckdb.connect() as con:
         rows = con.execute(
