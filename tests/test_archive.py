@@ -339,3 +339,65 @@ def test_parquet_objects_round_trip_with_hive_partitions(
     table = dataset.to_table(filter=pads.field("org_id") == "org_p")
     assert table.num_rows == 5
     assert archive.stats().uploaded_events == 7
+
+
+def test_uvicorn_workers_write_concurrently_without_collisions(tmp_path: Path) -> None:
+    """Two uvicorn worker processes archive at once, with no coordination between them."""
+    import socket as socket_module
+    import threading
+
+    import httpx
+
+    with socket_module.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    archive_dir = tmp_path / "archive"
+    env = {
+        **os.environ,
+        "AUDIT_LOG_EXPORTERS": "archive",
+        "AUDIT_LOG_ARCHIVE_URL": str(archive_dir),
+        "AUDIT_LOG_SPOOL_DIR": str(tmp_path / "spool"),
+        "AUDIT_LOG_ARCHIVE_MAX_EVENTS": "50",
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "tests.apps.archive_app:app", "--workers", "2",
+         "--port", str(port), "--log-level", "warning"],
+        cwd=ROOT,
+        env=env,
+    )  # fmt: skip
+    acknowledged: list[str] = []
+    lock = threading.Lock()
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+
+        def client(worker: int) -> None:
+            for n in range(50):  # a new connection each time spreads the load over workers
+                rid = f"w{worker}-{n}"
+                response = httpx.post(
+                    f"http://127.0.0.1:{port}/docs", headers={"x-request-id": rid}, timeout=5
+                )
+                if response.status_code == 200:
+                    with lock:
+                        acknowledged.append(rid)
+
+        threads = [threading.Thread(target=client, args=(w,)) for w in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    finally:
+        server.send_signal(signal.SIGTERM)  # graceful: each worker flushes at exit
+        server.wait(timeout=30)
+    objects = _local_objects(archive_dir)
+    rows = [row for rows in objects.values() for row in rows]
+    assert len({row["id"] for row in rows}) == len(rows)
+    assert sorted(row["request"]["id"] for row in rows) == sorted(acknowledged)
+    assert len(acknowledged) == 400
+    writers = {key.rsplit("/", 1)[1].rsplit("-", 1)[0] for key in objects}
+    assert len(writers) == 2  # one writer per worker process, keys never shared

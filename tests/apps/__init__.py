@@ -1,0 +1,1 @@
+"""Tiny apps that tests start in separate server processes."""
