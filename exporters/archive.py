@@ -333,6 +333,7 @@ class ArchiveExporter:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=1.0)
+        logger.info("audit archive at shutdown: %s", self.stats())
         if not flushed:
             where = "kept in the spool for the next start" if self._spool.durable else "lost"
             logger.warning(
