@@ -19,6 +19,7 @@ adopted and uploaded under their original keys.
 from __future__ import annotations
 
 import gzip
+import itertools
 import os
 import random
 import re
@@ -109,7 +110,7 @@ class ArchiveExporter:
         self._stopping = False
         self._spooled = self._uploaded = self._uploaded_events = 0
         self._retries = self._refused = self._adopted = 0
-        self._seq = 0
+        self._seq = itertools.count(1)
         self._spool: Spool | None = None
         self._thread: threading.Thread | None = None
         self._written_through: dict[str, None] = {}
@@ -125,7 +126,7 @@ class ArchiveExporter:
             if self._pid != os.getpid() or self._spool is None:
                 self._pid = os.getpid()
                 self._writer = _writer_id()
-                self._seq = 0
+                self._seq = itertools.count(1)
                 self._spool = Spool(
                     self._spool_dir,
                     max_bytes=self._spool_max_bytes,
@@ -208,9 +209,9 @@ class ArchiveExporter:
         return ExportResult.SUCCESS
 
     def _next_key(self, org: str, day: str) -> str:
-        with self._lock:
-            self._seq += 1
-            seq = self._seq
+        # No lock: the spool calls this while holding its own lock, and stats() takes ours then
+        # the spool's. itertools.count is atomic under the GIL.
+        seq = next(self._seq)
         name = f"org_id={org}/dt={day}/{self._writer}-{seq:010d}{self._suffix}"
         return f"{self.prefix}/{name}" if self.prefix else name
 

@@ -401,3 +401,30 @@ def test_uvicorn_workers_write_concurrently_without_collisions(tmp_path: Path) -
     assert len(acknowledged) == 400
     writers = {key.rsplit("/", 1)[1].rsplit("-", 1)[0] for key in objects}
     assert len(writers) == 2  # one writer per worker process, keys never shared
+
+
+def test_polling_stats_while_exporting_never_deadlocks(
+    make_auditor: Callable[..., MemoryAuditor], tmp_path: Path
+) -> None:
+    import threading
+
+    archive = ArchiveExporter(str(tmp_path / "archive"), spool_dir=tmp_path / "spool", max_events=7)
+    auditor = make_auditor(exporters=[archive])
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set():
+            archive.stats()
+
+    pollers = [threading.Thread(target=poll, daemon=True) for _ in range(2)]
+    for t in pollers:
+        t.start()
+    try:
+        for day in range(30):  # many new segments: the path that used to take locks in reverse
+            auditor.record("doc.updated", org_id=f"org_{day}")
+        assert auditor.force_flush(timeout=15)
+    finally:
+        stop.set()
+        for t in pollers:
+            t.join(timeout=5)
+    assert archive.stats().uploaded_events == 30
