@@ -18,6 +18,7 @@ adopted and uploaded under their original keys.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import itertools
 import os
@@ -391,6 +392,7 @@ def _writer_id() -> str:
     return f"{host}-{os.getpid()}-{os.urandom(3).hex()}"
 
 
+@functools.lru_cache(maxsize=4096)
 def _partition_value(org_id: str) -> str:
     """Org ids as safe Hive partition values: percent-encoded, bounded."""
     value = quote(org_id, safe="-_.~")[:200]
