@@ -516,10 +516,40 @@ class Redactor:
         ``"_truncated": True`` is added. A non-mapping gives ``{}``.
         """
         try:
+            fast = self._metadata_flat(data)
+            if fast is not None:
+                return fast
             out, truncated = self._metadata_top(data)
             return self._fit(out, truncated)
         except Exception:  # last-resort guard: auditing must never break the request
             return {_TRUNCATED_KEY: True}
+
+    def _metadata_flat(self, data: object) -> dict[str, JSONValue] | None:
+        """The common case in a fraction of the time: a small flat dict of printable str keys
+        and plain scalars, well inside every limit. Anything else returns None (full path).
+        The result equals what the full path gives for the same input."""
+        if type(data) is not dict or len(data) > self._max_keys:
+            return None
+        out: dict[str, JSONValue] = {}
+        size = 2
+        limit = self._max_string
+        for key, value in data.items():
+            if type(key) is not str or not 0 < len(key) <= 100 or not key.isprintable():
+                return None
+            kind = type(value)
+            if kind is str:
+                if len(value) > limit or not value.isprintable():
+                    return None
+                secret = self.is_secret_key(key) or looks_like_secret_value(value)
+                size += len(value) * 4  # worst case: every character escaped by the encoder
+            elif value is None or kind is bool or (kind is int and -(2**63) <= value < 2**64):
+                secret = self.is_secret_key(key)
+                size += 21
+            else:
+                return None  # floats, containers, objects: the full path converts them
+            out[key] = REDACTED if secret else value
+            size += len(key) * 4 + 6
+        return out if size <= self._max_metadata_bytes else None
 
     def _metadata_top(self, data: object) -> tuple[dict[str, JSONValue], bool]:
         out: dict[str, JSONValue] = {}

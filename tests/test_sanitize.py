@@ -10,7 +10,7 @@ from decimal import Decimal
 
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from audit_middleware._sanitize import (
@@ -715,3 +715,32 @@ def test_property_password_value_never_serialized(
     data = _plant(tree, key, secret, path)
     result = Redactor(max_depth=max_depth).metadata(data)
     assert MARKER.encode() not in orjson.dumps(result)
+
+
+flat_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.text(max_size=600),
+    st.floats(allow_nan=True),
+    st.lists(st.integers(), max_size=3),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(max_size=120), flat_values, max_size=60))
+def test_flat_metadata_fast_path_equals_the_full_path(data: dict[str, object]) -> None:
+    redactor = Redactor(max_metadata_bytes=2048)
+    fast = redactor._metadata_flat(data)
+    full = redactor._fit(*redactor._metadata_top(data))
+    if fast is not None:
+        assert fast == full
+    assert redactor.metadata(data) == full
+
+
+def test_flat_metadata_takes_the_fast_path_and_still_redacts() -> None:
+    redactor = Redactor()
+    data: dict[str, object] = {"reason": "dup", "count": 3, "password": "x", "note": "Bearer abc"}
+    fast = redactor._metadata_flat(data)
+    assert fast == {"reason": "dup", "count": 3, "password": REDACTED, "note": REDACTED}
+    assert fast == redactor._fit(*redactor._metadata_top(data))
