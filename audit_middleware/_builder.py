@@ -90,6 +90,7 @@ class EventBuilder:
         self._match = functools.lru_cache(maxsize=4096)(rules.match)
         self._client = functools.lru_cache(maxsize=4096)(self._client_uncached)
         self._headers = functools.lru_cache(maxsize=4096)(self._headers_uncached)
+        self._org_values = functools.lru_cache(maxsize=4096)(self._org_uncached)
 
     def build(self, item: object) -> AuditEvent | None:
         """Build the event for a queued item, or None when policy says not to audit it."""
@@ -150,7 +151,7 @@ class EventBuilder:
             action,
             outcome,
             actor,
-            None if org is None else self.redactor.scalar("org_id", org),
+            None if org is None else self._org(org),
             target,
             *self._request_info(view, params, match.route, event_id, ctx, status),
             None if ctx.error_type is None else ErrorInfo(ctx.error_type[:256]),
@@ -201,6 +202,14 @@ class EventBuilder:
         else:
             client = self._client_uncached(view.peer, user_agent, ())
         return request, client
+
+    def _org(self, org: object) -> str:
+        """The org id, cleaned (org ids repeat: cached when short)."""
+        text = str(org)
+        return self._org_values(text) if len(text) <= 256 else self._org_uncached(text)
+
+    def _org_uncached(self, org: str) -> str:
+        return self.redactor.scalar("org_id", org)
 
     def _headers_uncached(self, picked: tuple[tuple[bytes, bytes], ...]) -> Mapping[str, str]:
         return MappingProxyType(self.redactor.headers(picked))  # shared by events: read-only
@@ -265,7 +274,7 @@ class EventBuilder:
             action=rec.action,
             outcome=rec.outcome,
             actor=rec.actor,
-            org_id=None if rec.org_id is None else self.redactor.scalar("org_id", rec.org_id),
+            org_id=None if rec.org_id is None else self._org(rec.org_id),
             target=rec.target,
             request=request,
             client=client,
