@@ -139,6 +139,9 @@ class Auditor:
                 threshold=config.brute_force_threshold, window_seconds=config.brute_force_window
             )
         self.brute_force = None if brute_force is None else BruteForceDetector(brute_force)
+        self._failure_actions: frozenset[str] = (
+            frozenset() if brute_force is None else brute_force.actions
+        )
         self.exporters = _make_exporters(exporters, config, env)
         if not self.exporters:
             logger.warning("audit: no exporters configured; events are built but delivered nowhere")
@@ -187,7 +190,7 @@ class Auditor:
             ctx.strict_events = []
             return
         self._resolve(ctx)
-        events = self._build(ctx)
+        events = list(self._build(ctx))
         for exporter in self.durable_exporters:
             exporter.write_through(events)
         for event in events:
@@ -231,17 +234,18 @@ class Auditor:
             return
         self.pipeline.submit(item)
 
-    def _build(self, item: object) -> list[AuditEvent]:
+    def _build(self, item: object) -> Sequence[AuditEvent]:
         """Build a queued item's event, plus any brute-force alert it completes."""
         if type(item) is not RequestContext and isinstance(item, AuditEvent):
-            return [item]  # built inline already (and already observed)
+            return (item,)  # built inline already (and already observed)
         event = self.builder.build(item)
         if event is None:
-            return []
-        detector = self.brute_force
-        if detector is None or event.action not in detector.policy.actions:
-            return [event]
-        return [event, *(self.builder.alert_event(a) for a in detector.observe(event))]
+            return ()
+        if event.action not in self._failure_actions:
+            return (event,)
+        assert self.brute_force is not None
+        alerts = self.brute_force.observe(event)
+        return (event, *(self.builder.alert_event(a) for a in alerts))
 
     # -- explicit events ------------------------------------------------------------------------
 
