@@ -72,13 +72,13 @@ class AuditMiddleware:
                 if keep_body:
                     keep_chunk(ctx, message.get("body", b""))
                 final = not message.get("more_body", False)
-                if final and strict:
+                if final and strict and auditor.may_audit(ctx):
                     ctx.duration_ns = perf_counter_ns() - start
                     ctx.completed = not ctx.disconnected
                     # The client gets its last byte only once the event is on disk.
                     await _in_thread(auditor.make_durable, ctx)
                 await send(message)
-                if final and not strict:
+                if final and ctx.strict_events is None:
                     ctx.duration_ns = perf_counter_ns() - start
                     ctx.completed = not ctx.disconnected
             else:

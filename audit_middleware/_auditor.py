@@ -177,16 +177,20 @@ class Auditor:
             for event in ctx.strict_events:
                 self.pipeline.submit(event)
             return
-        if ctx.skip or (ctx.action is None and not self.rules.may_audit(ctx.method)):
+        if not self.may_audit(ctx):
             return
         self._resolve(ctx)
         self._submit(ctx)
+
+    def may_audit(self, ctx: RequestContext) -> bool:
+        """Cheap check: can this request produce an event (handler hints, rules, policy)?"""
+        return not ctx.skip and (ctx.action is not None or self.rules.may_audit(ctx.method))
 
     def make_durable(self, ctx: RequestContext) -> None:
         """Strict mode, before the response's last byte: build the event and write it to every
         durable exporter (the archive's disk spool); raises if that fails. Blocks on disk I/O:
         call it from a worker thread in async servers."""
-        if ctx.skip or (ctx.action is None and not self.rules.may_audit(ctx.method)):
+        if not self.may_audit(ctx):
             ctx.strict_events = []
             return
         self._resolve(ctx)
