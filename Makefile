@@ -30,6 +30,8 @@ test: lint typecheck unit
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.overhead
+	$(BIN)/python -m benchmarks.archive
+	$(BIN)/python -m benchmarks.otel
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
