@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -16,6 +17,7 @@ from waitress.server import create_server
 
 from audit_middleware import AuditEvent, Auditor, _hooks, load_schema
 from exporters import InMemoryExporter
+from tests.s3_server import S3Endpoint, running_s3
 
 _validator = jsonschema.Draft202012Validator(
     load_schema(), format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
@@ -125,3 +127,28 @@ def serve_wsgi(app: Any, threads: int = 4) -> Iterator[str]:
             time.sleep(0.01)
         server.close()
         thread.join(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def endpoint() -> Iterator[S3Endpoint]:
+    """A real S3 endpoint (moto server) on loopback for the test module."""
+    werkzeug = logging.getLogger("werkzeug")
+    level = werkzeug.level
+    werkzeug.setLevel(logging.ERROR)
+    try:
+        with running_s3() as s3:
+            yield s3
+    finally:
+        werkzeug.setLevel(level)
+
+
+@pytest.fixture(scope="module")
+def module_client(endpoint: S3Endpoint) -> Any:
+    return endpoint.client()
+
+
+@pytest.fixture
+def s3(endpoint: S3Endpoint, module_client: Any) -> Any:
+    """A client for an endpoint with no buckets."""
+    endpoint.reset()
+    return module_client

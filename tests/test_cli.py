@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -15,7 +13,7 @@ import pytest
 
 from audit_middleware.cli import main
 from exporters.s3_bucket import create_bucket, retention_rules
-from tests.s3_server import S3Endpoint, running_s3
+from tests.s3_server import S3Endpoint
 
 EXPIRE = "audit-log-middleware:audit:expire"
 WHOLE_BUCKET_EXPIRE = "audit-log-middleware::expire"
@@ -25,30 +23,6 @@ class Result(NamedTuple):
     code: int
     out: str
     err: str
-
-
-@pytest.fixture(scope="module")
-def endpoint() -> Iterator[S3Endpoint]:
-    werkzeug = logging.getLogger("werkzeug")
-    level = werkzeug.level
-    werkzeug.setLevel(logging.ERROR)
-    try:
-        with running_s3() as s3:
-            yield s3
-    finally:
-        werkzeug.setLevel(level)
-
-
-@pytest.fixture(scope="module")
-def module_client(endpoint: S3Endpoint) -> Any:
-    return endpoint.client()
-
-
-@pytest.fixture
-def s3(endpoint: S3Endpoint, module_client: Any) -> Any:
-    """A client for an endpoint with no buckets."""
-    endpoint.reset()
-    return module_client
 
 
 @pytest.fixture(autouse=True)

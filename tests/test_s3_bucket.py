@@ -8,9 +8,7 @@ the configuration we send and read back, and Object Lock's refusal to delete a l
 from __future__ import annotations
 
 import json
-import logging
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -30,7 +28,7 @@ from exporters.s3_bucket import (
     plan_retention,
     retention_rules,
 )
-from tests.s3_server import S3Endpoint, running_s3
+from tests.s3_server import S3Endpoint
 
 EXPIRE = "audit-log-middleware:audit:expire"
 DELETE_MARKERS = "audit-log-middleware:audit:delete-markers"
@@ -41,30 +39,6 @@ FOREIGN_RULE: dict[str, Any] = {
     "Transitions": [{"Days": 30, "StorageClass": "GLACIER"}],
     "NoncurrentVersionExpiration": {"NoncurrentDays": 7},
 }
-
-
-@pytest.fixture(scope="module")
-def endpoint() -> Iterator[S3Endpoint]:
-    werkzeug = logging.getLogger("werkzeug")
-    level = werkzeug.level
-    werkzeug.setLevel(logging.ERROR)
-    try:
-        with running_s3() as s3:
-            yield s3
-    finally:
-        werkzeug.setLevel(level)
-
-
-@pytest.fixture(scope="module")
-def module_client(endpoint: S3Endpoint) -> Any:
-    return endpoint.client()
-
-
-@pytest.fixture
-def s3(endpoint: S3Endpoint, module_client: Any) -> Any:
-    """A client for an endpoint with no buckets."""
-    endpoint.reset()
-    return module_client
 
 
 class RecordingClient:
