@@ -267,6 +267,9 @@ def _build_parser() -> argparse.ArgumentParser:
         )
         command.add_arguments(sub)
         sub.set_defaults(run=command.run)
+    from audit_middleware._cli_query import register as register_query
+
+    register_query(groups)  # `audit-log query`: a command without a group
     return parser
 
 

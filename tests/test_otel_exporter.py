@@ -369,7 +369,7 @@ def test_a_slow_receiver_never_slows_the_application(
                 assert client.delete("/orgs/org_acme/members/u_bob").status_code == 404
                 durations.append(time.perf_counter() - start)
             assert len(receiver.records) < 21  # requests completed while delivery lagged
-            assert max(durations) < 0.5, durations
+            assert max(durations) < 1.0, durations  # the receiver holds each export 2 s
             receiver.delay(0)
             assert wrapped.auditor.force_flush(timeout=20)
         ids = sorted(r.attributes["audit.event.id"] for r in receiver.records)
@@ -386,12 +386,12 @@ def test_one_export_is_bounded_by_the_timeout_despite_the_sdks_own_retries(trans
         receiver.delay(5)
         start = time.monotonic()
         assert exporter.export([_event()]) is ExportResult.FAILURE
-        assert time.monotonic() - start < 1.5
+        assert time.monotonic() - start < 3.0  # bounded by the timeout, not the 5 s delay
         receiver.fail_with(503 if transport == "http" else grpc.StatusCode.UNAVAILABLE)
         receiver.delay(0)
         start = time.monotonic()
         assert exporter.export([_event()]) is ExportResult.FAILURE
-        assert time.monotonic() - start < 1.5
+        assert time.monotonic() - start < 3.0
         exporter.shutdown()
 
 

@@ -117,7 +117,7 @@ def test_hung_exporter_does_not_block_other_exporters_or_the_caller(
     for sent in range(25, 225, 20):  # the hung lane's backlog (100) overflows: counted
         started = time.perf_counter()
         _record_n(auditor, 20)
-        assert time.perf_counter() - started < 1  # the caller is never held up
+        assert time.perf_counter() - started < 2  # the caller is never held up by the hang
         deadline = time.monotonic() + 5
         while len(memory.events) < sent and time.monotonic() < deadline:
             time.sleep(0.005)
@@ -159,7 +159,7 @@ def test_shutdown_honours_its_timeout_with_a_hung_exporter(
     assert hanging.entered.wait(5)
     started = time.perf_counter()
     assert auditor.shutdown(timeout=0.2) is False
-    assert time.perf_counter() - started < 1.5
+    assert time.perf_counter() - started < 3.0  # the timeout, not the exporter's 30 s hang
     hanging.release.set()
 
 
