@@ -77,10 +77,14 @@ class Spool:
         self._lock_file: IO[bytes] | None = None
         self._dir: Path | None = None
         if self.directory is not None:
+            # The directory appears under its final name only once locked, so a process adopting
+            # orphans at the same moment can never mistake a starting writer for a dead one.
             self._dir = self.directory / writer
-            self._dir.mkdir(parents=True, exist_ok=True)
-            self._lock_file = open(self._dir / "lock", "wb")  # noqa: SIM115 - held for life
+            staging = self.directory / f".{writer}.starting"
+            staging.mkdir(parents=True)
+            self._lock_file = open(staging / "lock", "wb")  # noqa: SIM115 - held for life
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(staging, self._dir)
 
     @property
     def durable(self) -> bool:
@@ -195,7 +199,7 @@ class Spool:
             return 0
         adopted = 0
         for other in sorted(self.directory.iterdir()):
-            if other == self._dir or not other.is_dir():
+            if other == self._dir or other.name.startswith(".") or not other.is_dir():
                 continue
             with _dead_writer(other) as dead:
                 if not dead:
