@@ -270,6 +270,9 @@ def _build_parser() -> argparse.ArgumentParser:
     from audit_middleware._cli_query import register as register_query
 
     register_query(groups)  # `audit-log query`: a command without a group
+    from audit_middleware._cli_athena import register as register_athena
+
+    register_athena(groups)  # `audit-log athena ddl`
     return parser
 
 
