@@ -24,6 +24,7 @@ from audit_middleware._rules import Rule, RuleSet, Source, UnmatchedPolicy, is_v
 from audit_middleware._rules_file import load_rules_file
 from audit_middleware._sanitize import Redactor
 from audit_middleware._warn import logger, warn_limited
+from audit_middleware.integrity._chain import EventChain
 from audit_middleware.resolvers import ActorResolver, OrgResolver, scope_user_actor, scope_user_org
 
 __all__ = ["Auditor", "get_default_auditor", "record"]
@@ -69,6 +70,7 @@ class Auditor:
         brute_force_window: float | None = None,
         trace_context: str | None = None,
         strict: bool | None = None,
+        integrity: bool | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> None:
         global _default
@@ -96,6 +98,7 @@ class Auditor:
             "brute_force_window": brute_force_window,
             "trace_context": trace_context,
             "strict": strict,
+            "integrity": integrity,
         }
         if exporters is not None:
             overrides["exporters"] = tuple(e for e in exporters if isinstance(e, str))
@@ -145,6 +148,7 @@ class Auditor:
         self.exporters = _make_exporters(exporters, config, env)
         if not self.exporters:
             logger.warning("audit: no exporters configured; events are built but delivered nowhere")
+        self.chain = _event_chain(self.exporters) if config.integrity else None
         self.pipeline = DeliveryPipeline(
             self.exporters,
             self._build,
@@ -246,10 +250,12 @@ class Auditor:
         if event is None:
             return ()
         if event.action not in self._failure_actions:
-            return (event,)
-        assert self.brute_force is not None
-        alerts = self.brute_force.observe(event)
-        return (event, *(self.builder.alert_event(a) for a in alerts))
+            events: Sequence[AuditEvent] = (event,)
+        else:
+            assert self.brute_force is not None
+            alerts = self.brute_force.observe(event)
+            events = (event, *(self.builder.alert_event(a) for a in alerts))
+        return events if self.chain is None else self.chain.seal(events)
 
     # -- explicit events ------------------------------------------------------------------------
 
@@ -363,6 +369,15 @@ def _make_exporters(
         return [create_exporter(e, config, env) if isinstance(e, str) else e for e in given]
     except ValueError as exc:
         raise AuditConfigError(str(exc)) from exc
+
+
+def _event_chain(exporters: Sequence[Exporter]) -> EventChain:
+    """The hash chain, continuing the stream a durable archive kept from the last run."""
+    for exporter in exporters:
+        origin = getattr(exporter, "chain_head", None)
+        if callable(origin):
+            return EventChain(origin)
+    return EventChain()
 
 
 def get_default_auditor() -> Auditor:

@@ -63,6 +63,10 @@ ENV: Final[Mapping[str, str]] = {
     "AUDIT_LOG_RETENTION_DAYS": "90",
     "AUDIT_LOG_OBJECT_LOCK": "auto",
     "AUDIT_LOG_STRICT": "false",
+    "AUDIT_LOG_INTEGRITY": "true",
+    "AUDIT_LOG_SIGNING_KEY": "",
+    "AUDIT_LOG_SIGNING_KEY_FILE": "",
+    "AUDIT_LOG_DIGEST_INTERVAL": "3600",
 }
 
 
@@ -114,6 +118,8 @@ class AuditConfig:
     retention_days: int
     object_lock: Literal["auto", "off", "compliance", "governance"]
     strict: bool
+    integrity: bool
+    digest_interval: float
 
     @classmethod
     def resolve(
@@ -186,6 +192,8 @@ class AuditConfig:
                 _choice(("auto", "off", "compliance", "governance")),
             ),
             strict=r.get("strict", "AUDIT_LOG_STRICT", _bool),
+            integrity=r.get("integrity", "AUDIT_LOG_INTEGRITY", _bool),
+            digest_interval=r.get("digest_interval", "AUDIT_LOG_DIGEST_INTERVAL", _seconds),
         )
 
 

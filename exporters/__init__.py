@@ -15,6 +15,7 @@ from exporters.memory import InMemoryExporter
 
 if TYPE_CHECKING:
     from audit_middleware._config import AuditConfig
+    from audit_middleware.integrity._keys import SigningKey
 
 __all__ = [
     "EXPORTER_NAMES",
@@ -57,7 +58,15 @@ def create_exporter(
             retention_days=config.retention_days,
             object_lock=lock if lock in (None, "auto") else lock.upper(),
             format=config.archive_format,
+            signing_key=_signing_key(environ),
+            digest_interval=config.digest_interval,
         )
     raise ValueError(
         f"unknown exporter {name!r} in AUDIT_LOG_EXPORTERS: expected one of {EXPORTER_NAMES}"
     )
+
+
+def _signing_key(environ: Mapping[str, str] | None) -> SigningKey | None:
+    from audit_middleware.integrity._keys import signing_key_from_env
+
+    return signing_key_from_env(environ)

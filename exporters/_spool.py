@@ -23,13 +23,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-__all__ = ["Sealed", "Spool", "SpoolFull"]
+import orjson
+
+__all__ = ["ChainSpan", "Sealed", "Spool", "SpoolFull"]
 
 _MAGIC = b"AUDITSPOOL1\n"
 
 
 class SpoolFull(Exception):
     """The spool is at its byte cap."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChainSpan:
+    """The hash-chain positions of a run of lines: one stream, ``first``..``last`` seq."""
+
+    stream: str
+    first: int
+    last: int
+    last_hash: str
+
+    def merge(self, other: ChainSpan | None) -> ChainSpan:
+        """The span covering both (``other`` is assumed to be of the same stream)."""
+        if other is None:
+            return self
+        newest = self if self.last >= other.last else other
+        return ChainSpan(self.stream, min(self.first, other.first), newest.last, newest.last_hash)
 
 
 @dataclass
@@ -41,6 +60,7 @@ class Sealed:
     path: Path | None = None
     body: bytes | None = None
     events: int = -1
+    chain: ChainSpan | None = None
 
 
 @dataclass
@@ -53,6 +73,8 @@ class _Open:
     created: float = 0.0
     path: Path | None = None
     lines: list[bytes] = field(default_factory=list)
+    chain: ChainSpan | None = None
+    unsorted: bool = False  # lines were appended out of seq order: sort them when sealing
 
 
 class Spool:
@@ -76,6 +98,7 @@ class Spool:
         self._used = 0
         self._lock_file: IO[bytes] | None = None
         self._dir: Path | None = None
+        self._memory_state: dict[str, bytes] = {}
         if self.directory is not None:
             # The directory appears under its final name only once locked, so a process adopting
             # orphans at the same moment can never mistake a starting writer for a dead one.
@@ -104,10 +127,15 @@ class Spool:
             return 0 if segment is None else segment.events
 
     def append(
-        self, partition: str, new_key: Callable[[], str], lines: list[bytes], now: float
+        self,
+        partition: str,
+        new_key: Callable[[], str],
+        lines: list[bytes],
+        now: float,
+        chain: ChainSpan | None = None,
     ) -> _Open:
         """Append JSON lines to the partition's open segment (created, keyed by ``new_key()``,
-        when there is none)."""
+        when there is none); ``chain`` is where the lines stand in their hash chain."""
         data = b"".join(lines)
         with self._lock:
             if self._used + len(data) > self.max_bytes:
@@ -130,6 +158,10 @@ class Spool:
             segment.events += len(lines)
             segment.size += len(data)
             self._used += len(data)
+            if chain is not None:
+                if segment.chain is not None and chain.first <= segment.chain.last:
+                    segment.unsorted = True
+                segment.chain = chain.merge(segment.chain)
             return segment
 
     def seal(self, partition: str) -> Sealed | None:
@@ -149,21 +181,24 @@ class Spool:
         with self._lock:
             return list(self._open.items())
 
-    def _seal(self, segment: _Open) -> Sealed:
+    def _seal(self, segment: _Open, *, adopted: bool = False) -> Sealed:
         raw = b"".join(segment.lines) if segment.path is None else _payload(segment.path)
         raw = raw[: raw.rfind(b"\n") + 1]  # a line torn by a crash mid-append is dropped
+        chain = segment.chain
+        if adopted or segment.unsorted:  # rare: read the chain positions from the lines
+            raw, chain = _in_chain_order(raw)
         events = raw.count(b"\n")
         body = self.encode(raw)
         self._used += len(body) - segment.size
         if segment.path is None:
-            sealed = Sealed(segment.key, len(body), body=body, events=events)
+            sealed = Sealed(segment.key, len(body), body=body, events=events, chain=chain)
         else:
             assert self._dir is not None
             path = self._dir / (segment.path.stem.replace("open-", "obj-") + ".obj")
-            _write_new(path, f"{segment.key}\t{events}".encode() + b"\n" + body)
+            _write_new(path, _header(segment.key, events, chain) + b"\n" + body)
             segment.path.unlink()
             _fsync_dir(self._dir)
-            sealed = Sealed(segment.key, len(body), path=path, events=events)
+            sealed = Sealed(segment.key, len(body), path=path, events=events, chain=chain)
         self._sealed.append(sealed)
         return sealed
 
@@ -193,8 +228,11 @@ class Spool:
 
     # -- recovery ------------------------------------------------------------------------------
 
-    def adopt_orphans(self) -> int:
-        """Take over the files of dead writers (and seal their open segments); return a count."""
+    def adopt_orphans(self, on_dead: Callable[[Path], None] | None = None) -> int:
+        """Take over the files of dead writers (and seal their open segments); return a count.
+
+        ``on_dead(directory)`` is called for each dead writer's directory before its remaining
+        files (state the caller keeps there) are deleted."""
         if self.directory is None or self._dir is None:
             return 0
         adopted = 0
@@ -207,23 +245,67 @@ class Spool:
                 for path in sorted(other.glob("*.seg")) + sorted(other.glob("*.obj")):
                     target = self._dir / f"{other.name}-{path.name}"
                     os.replace(path, target)
-                    key, events = _header_of(target)
+                    key, events, chain = _header_of(target)
                     if target.suffix == ".seg":
                         size = target.stat().st_size
                         with self._lock:
                             self._used += size
-                            self._seal(_Open(key=key, size=size, path=target))
+                            self._seal(_Open(key=key, size=size, path=target), adopted=True)
                     else:
                         size = target.stat().st_size
                         with self._lock:
                             self._used += size
-                            self._sealed.append(Sealed(key, size, path=target, events=events))
+                            self._sealed.append(
+                                Sealed(key, size, path=target, events=events, chain=chain)
+                            )
                     adopted += 1
+                if on_dead is not None:
+                    on_dead(other)
                 for leftover in other.iterdir():
                     leftover.unlink(missing_ok=True)
                 with contextlib.suppress(OSError):
                     other.rmdir()
         return adopted
+
+    def sealed(self) -> list[Sealed]:
+        """The objects waiting for upload."""
+        with self._lock:
+            return list(self._sealed)
+
+    # -- small state files (kept with the spool, adopted with it) -------------------------------
+
+    def read_state(self, name: str) -> bytes | None:
+        """The content of state file ``name`` (None when absent or without a directory)."""
+        if self._dir is None:
+            return self._memory_state.get(name)
+        try:
+            return (self._dir / name).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def write_state(self, name: str, data: bytes, *, sync: bool = False) -> None:
+        """Replace state file ``name`` atomically (fsynced with ``sync``)."""
+        if self._dir is None:
+            self._memory_state[name] = data
+            return
+        path = self._dir / name
+        tmp = path.with_name(f".{name}.tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def append_state(self, name: str, data: bytes) -> None:
+        """Append ``data`` to state file ``name``, fsynced."""
+        if self._dir is None:
+            self._memory_state[name] = self._memory_state.get(name, b"") + data
+            return
+        with open(self._dir / name, "ab") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
 
     def close(self) -> None:
         if self._lock_file is not None:
@@ -268,10 +350,42 @@ def _split(path: Path) -> tuple[str, bytes]:
     return header.decode(), payload
 
 
-def _header_of(path: Path) -> tuple[str, int]:
-    """The object key (and, for sealed objects, the event count) a spool file starts with."""
-    key, _, events = _split(path)[0].partition("\t")
-    return key, int(events) if events.isdigit() else -1
+def _header(key: str, events: int, chain: ChainSpan | None) -> bytes:
+    fields = [key, str(events)]
+    if chain is not None:
+        fields += [chain.stream, str(chain.first), str(chain.last), chain.last_hash]
+    return "\t".join(fields).encode()
+
+
+def _header_of(path: Path) -> tuple[str, int, ChainSpan | None]:
+    """The object key (and, for sealed objects, the event count and chain span) a spool file
+    starts with."""
+    fields = _split(path)[0].split("\t")
+    events = int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else -1
+    chain = None
+    if len(fields) == 6 and fields[3].isdigit() and fields[4].isdigit():
+        chain = ChainSpan(fields[2], int(fields[3]), int(fields[4]), fields[5])
+    return fields[0], events, chain
+
+
+def _in_chain_order(raw: bytes) -> tuple[bytes, ChainSpan | None]:
+    """JSON lines sorted by their ``integrity.seq`` (stable; lines without one first), and
+    their span. Used only for adopted or out-of-order segments."""
+    keyed: list[tuple[int, bytes]] = []
+    span: ChainSpan | None = None
+    for line in raw.splitlines(keepends=True):
+        seq = 0
+        try:
+            integrity = orjson.loads(line).get("integrity")
+        except (orjson.JSONDecodeError, AttributeError):
+            integrity = None
+        if isinstance(integrity, dict) and isinstance(integrity.get("seq"), int):
+            seq = integrity["seq"]
+            here = ChainSpan(str(integrity.get("stream")), seq, seq, str(integrity.get("hash")))
+            span = here.merge(span) if span is None or span.stream == here.stream else span
+        keyed.append((seq, line))
+    keyed.sort(key=lambda item: item[0])
+    return b"".join(line for _, line in keyed), span
 
 
 def _payload(path: Path) -> bytes:

@@ -37,8 +37,11 @@ import orjson
 from audit_middleware._event import AuditEvent
 from audit_middleware._export import ExportResult
 from audit_middleware._warn import logger, warn_limited
+from audit_middleware.integrity._chain import ChainHead
+from audit_middleware.integrity._keys import SigningKey
+from exporters._archive_digests import DigestKeeper
 from exporters._object_store import ObjectStore, S3Store, open_store
-from exporters._spool import Sealed, Spool, SpoolFull
+from exporters._spool import ChainSpan, Sealed, Spool, SpoolFull
 
 __all__ = ["GLOBAL_ORG", "ArchiveExporter", "ArchiveStats"]
 
@@ -78,9 +81,14 @@ class ArchiveExporter:
         format: str = "jsonl",
         store: ObjectStore | None = None,
         s3_client: Any = None,
+        signing_key: SigningKey | None = None,
+        digest_interval: float = 3600.0,
     ) -> None:
-        if max_events < 1 or max_bytes < 1 or max_age <= 0 or spool_max_bytes < 1:
-            raise ValueError("max_events, max_bytes, max_age and spool_max_bytes must be positive")
+        if min(max_events, max_bytes, max_age, spool_max_bytes, digest_interval) <= 0:
+            raise ValueError(
+                "max_events, max_bytes, max_age, spool_max_bytes and digest_interval "
+                "must be positive"
+            )
         if format not in ("jsonl", "parquet"):
             raise ValueError(f"archive format must be 'jsonl' or 'parquet', got {format!r}")
         if format == "parquet":
@@ -115,6 +123,7 @@ class ArchiveExporter:
         self._spool: Spool | None = None
         self._thread: threading.Thread | None = None
         self._written_through: dict[str, None] = {}
+        self._digests = DigestKeeper(self, signing_key, digest_interval)
         if spool_dir is not None:
             self._ensure_started()  # replay what stopped processes left behind, right away
 
@@ -134,7 +143,9 @@ class ArchiveExporter:
                     writer=self._writer,
                     encode=_encode_parquet if self.format == "parquet" else _encode_jsonl,
                 )
-                self._adopted = self._spool.adopt_orphans()
+                self._digests.start(self._spool)
+                self._adopted = self._spool.adopt_orphans(self._digests.adopt)
+                self._digests.choose_stream()
                 if self._adopted:
                     logger.warning(
                         "audit archive: adopted %d spooled files of stopped processes",
@@ -146,6 +157,20 @@ class ArchiveExporter:
                 self._thread.start()
         assert self._spool is not None
         return self._spool
+
+    # -- integrity -----------------------------------------------------------------------------
+
+    def chain_head(self) -> ChainHead:
+        """Where this process's hash chain starts: the stream a stopped process left in the spool
+        (continued, so a restart does not break the chain), or a new stream."""
+        self._ensure_started()
+        return self._digests.origin
+
+    def write_digests(self) -> bool:
+        """Write (signed) digests now for every object uploaded since the last; True if done."""
+        if self._spool is None:
+            return True
+        return self._digests.write(self._ensure_started())
 
     # -- export --------------------------------------------------------------------------------
 
@@ -178,18 +203,21 @@ class ArchiveExporter:
                 return ExportResult.SUCCESS
         spool = self._ensure_started()
         now = time.time()
-        groups: dict[tuple[str, str], list[bytes]] = {}
+        groups: dict[tuple[str, str], list[AuditEvent]] = {}
         for event in batch:
             org = GLOBAL_ORG if event.org_id is None else _partition_value(event.org_id)
-            day = event.occurred_at[:10]
-            groups.setdefault((org, day), []).append(orjson.dumps(event.to_dict()) + b"\n")
+            groups.setdefault((org, event.occurred_at[:10]), []).append(event)
         try:
-            for (org, day), lines in groups.items():
+            for (org, day), unordered in groups.items():
+                events = _in_seq_order(unordered)
                 partition = f"{org}/{day}"
-                while lines:  # no object holds more than max_events
+                while events:  # no object holds more than max_events
                     room = self.max_events - spool.open_events(partition)
-                    chunk, lines = lines[:room], lines[room:]
-                    segment = spool.append(partition, _KeyMaker(self, org, day), chunk, now)
+                    chunk, events = events[:room], events[room:]
+                    lines = [orjson.dumps(event.to_dict()) + b"\n" for event in chunk]
+                    segment = spool.append(
+                        partition, _KeyMaker(self, org, day), lines, now, _span(chunk)
+                    )
                     if segment.events >= self.max_events or segment.size >= self.max_bytes:
                         spool.seal(partition)
                         self._wake.set()
@@ -207,6 +235,7 @@ class ArchiveExporter:
             logger.exception("audit archive could not write its spool")
             return ExportResult.FAILURE
         self._spooled += len(batch)
+        self._digests.spooled(batch)
         return ExportResult.SUCCESS
 
     def _next_key(self, org: str, day: str) -> str:
@@ -225,6 +254,7 @@ class ArchiveExporter:
         attempt = 0
         while True:
             self._seal_old(spool)
+            self._digests.maybe_write(spool)
             sealed = spool.next_sealed()
             if sealed is None:
                 with self._lock:
@@ -260,6 +290,11 @@ class ArchiveExporter:
             )
             return False
         events = max(sealed.events, 0)
+        try:
+            self._digests.uploaded(spool, sealed, body)
+        except OSError:
+            logger.exception("audit archive could not record an upload for its digest")
+            return False
         spool.done(sealed)
         with self._lock:
             self._uploaded += 1
@@ -335,6 +370,8 @@ class ArchiveExporter:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=1.0)
+        if flushed and not self._digests.write(self._spool):
+            logger.warning("audit archive: digests not written at shutdown; kept for next start")
         logger.info("audit archive at shutdown: %s", self.stats())
         if not flushed:
             where = "kept in the spool for the next start" if self._spool.durable else "lost"
@@ -372,6 +409,22 @@ class _KeyMaker:
 
     def __call__(self) -> str:
         return self._exporter._next_key(self._org, self._day)
+
+
+def _span(events: Sequence[AuditEvent]) -> ChainSpan | None:
+    """The chain span of events of one stream in ascending ``seq`` (None without integrity)."""
+    first, last = events[0].integrity, events[-1].integrity
+    if first is None or last is None:
+        return None
+    return ChainSpan(first["stream"], first["seq"], last["seq"], last["hash"])
+
+
+def _in_seq_order(events: list[AuditEvent]) -> list[AuditEvent]:
+    """``events`` sorted by chain position when they carry one and are not already in order."""
+    seqs = [e.integrity["seq"] if e.integrity is not None else 0 for e in events]
+    if all(a < b for a, b in itertools.pairwise(seqs)):
+        return events
+    return [e for _, e in sorted(zip(seqs, events, strict=True), key=lambda p: p[0])]
 
 
 def _encode_jsonl(raw: bytes) -> bytes:

@@ -402,6 +402,11 @@ def event_attributes(event: AuditEvent) -> dict[str, AttributeValue]:
         put("audit.target.id", event.target.id)
     if request is not None:
         put("audit.request.id", request.id)
+    integrity = event.integrity
+    if integrity is not None:  # the whole chain entry is in the body; these make it searchable
+        put("audit.integrity.stream", integrity.get("stream"))
+        put("audit.integrity.seq", integrity.get("seq"))
+        put("audit.integrity.hash", integrity.get("hash"))
     put("audit.schema_version", event.schema_version)
     return attrs
 

@@ -53,6 +53,8 @@ def _objects(s3: S3Endpoint) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {}
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
         for item in page.get("Contents", []):
+            if "/_integrity/" in item["Key"]:  # digests and public keys
+                continue
             body = client.get_object(Bucket=BUCKET, Key=item["Key"])["Body"].read()
             out[item["Key"]] = [orjson.loads(x) for x in gzip.decompress(body).splitlines()]
     return out

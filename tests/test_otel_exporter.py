@@ -167,6 +167,9 @@ def expected_attributes(event: AuditEvent) -> dict[str, Any]:
         "audit.target.type": target and target.type,
         "audit.target.id": target and target.id,
         "audit.request.id": request and request.id,
+        "audit.integrity.stream": event.integrity and event.integrity["stream"],
+        "audit.integrity.seq": event.integrity and event.integrity["seq"],
+        "audit.integrity.hash": event.integrity and event.integrity["hash"],
         "audit.schema_version": event.schema_version,
     }
     return {k: v for k, v in attrs.items() if v is not None}
@@ -265,6 +268,7 @@ def test_every_field_of_every_event_arrives(
         "http.response.status_code", "error.type", "audit.event.id", "audit.action",
         "audit.outcome", "audit.org.id", "audit.actor.type", "audit.target.type",
         "audit.target.id", "audit.request.id", "audit.schema_version",
+        "audit.integrity.stream", "audit.integrity.seq", "audit.integrity.hash",
     }  # fmt: skip
     error = next(r for r in receiver.records if r.attributes["audit.outcome"] == "error")
     assert error.attributes["error.type"] == "RuntimeError"

@@ -128,14 +128,13 @@ def _realistic() -> list[AuditEvent]:
             request=request._replace(id="req-3", status=500, completed=False),
             error=ErrorInfo("TimeoutError"),
             trace=TRACE,
-            integrity={"prev": "ab" * 32, "hash": "cd" * 32, "seq": 41},
+            integrity={"stream": "host-1", "prev": "ab" * 32, "hash": "cd" * 32, "seq": 41},
         ),
         _event(
             7_000_000,
             action="user.password.changed",
             actor=Actor("user_2", type="api_key"),
             metadata={"nested": {"deeper": {"list": [1, 2.5, "x", None, {"k": "v"}]}}},
-            integrity={},
         ),
     ]
 
@@ -198,7 +197,7 @@ def test_objects_with_fixed_properties_become_structs_of_exactly_those_propertie
             check(spec, schema.field(name).type, name)
             if pa.types.is_struct(schema.field(name).type):
                 structs.append(name)
-    assert structs == ["actor", "target", "request", "client", "error", "trace"]
+    assert structs == ["actor", "target", "request", "client", "error", "trace", "integrity"]
 
 
 @pytest.mark.parametrize(
@@ -218,7 +217,8 @@ def test_objects_with_fixed_properties_become_structs_of_exactly_those_propertie
         pytest.param("request.query", "json", False, id="query"),
         pytest.param("request.headers", "json", False, id="headers"),
         pytest.param("metadata", "json", False, id="metadata"),
-        pytest.param("integrity", "json", True, id="integrity"),
+        pytest.param("integrity", "struct", True, id="integrity"),
+        pytest.param("integrity.seq", "int64", False, id="integrity-seq"),
         pytest.param("trace.trace_id", "string", False, id="trace-child"),
     ],
 )
