@@ -7,13 +7,22 @@
   (1..1000, default 100) and ``cursor``; an empty value counts as absent.
 * ``GET /orgs/{org_id}/audit-logs/export.csv`` and ``.../export.jsonl``: every matching event
   (cursors followed internally, at most :data:`MAX_EXPORT_ROWS` rows), streamed as an attachment.
+* ``GET /orgs/{org_id}/audit-logs/activity``: counts per hour or day of failed logins and
+  denied requests, plus the brute-force alert events, over ``since``/``until`` (default: the
+  last 30 days), for the dashboard's chart (see :mod:`audit_middleware._dashboard`).
+* ``GET /orgs/{org_id}/dashboard``: the Security Activity dashboard, an HTML page (plus its
+  script and stylesheet under ``/orgs/{org_id}/dashboard/``) that reads the routes above from
+  the browser with the browser's own credentials (cookies), so ``authorize`` must accept what
+  the browser sends. Events newest first with filters, paging, CSV export and the activity
+  chart. Served with a same-origin-only Content-Security-Policy; no build step, no CDN.
 * ``GET /openapi.json``: an OpenAPI 3.1 description of these routes.
 
 Access control is the application's: ``authorize(request, org_id)`` is required and is called
 before anything is read. It returns ``True`` to allow; anything else (``False``) answers 403.
 Raising :class:`Unauthenticated` answers 401. It may be sync or async. Errors are JSON
 ``{"error": {"code": ..., "message": ...}}``: 401, 403, 404 (unknown route), 422 (invalid
-parameter: the reader's ``ValueError``), 500 (``archive_corrupt``).
+parameter: the reader's ``ValueError``), 500 (``archive_corrupt``). The dashboard's page and
+assets answer 401/403/404 with a small HTML page instead, which holds no data.
 
 Notes: an org id is one path segment, so org ids containing ``/`` cannot be addressed (the
 server decodes ``%2F`` before routing). Exports stop after :data:`MAX_EXPORT_ROWS` rows; the
@@ -32,6 +41,7 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
+from audit_middleware import _dashboard
 from audit_middleware.query import MAX_LIMIT, ArchiveCorruptError, ArchiveReader
 
 if TYPE_CHECKING:
@@ -144,6 +154,63 @@ def _query_args(request: Request, *, paged: bool) -> dict[str, Any]:
     return args
 
 
+def _activity_schema() -> dict[str, Any]:
+    time = {"type": "string", "format": "date-time"}
+    count = {"type": "integer", "minimum": 0}
+    nullable = {"type": ["string", "null"]}
+    alert = {
+        "type": "object",
+        "required": ["id", "occurred_at", "target", "ip"],
+        "properties": {
+            "id": {"type": "string"},
+            "occurred_at": time,
+            "target": {
+                "type": "object",
+                "properties": {"type": nullable, "id": nullable},
+            },
+            "ip": nullable,
+            "dimension": nullable,
+            "failures": {"type": ["integer", "null"]},
+            "window_seconds": {"type": ["number", "null"]},
+            "first_failure_at": nullable,
+            "last_failure_at": nullable,
+        },
+    }
+    return {
+        "type": "object",
+        "required": ["since", "until", "bucket", "buckets", "alerts", "totals", "scan"],
+        "properties": {
+            "since": time,
+            "until": time,
+            "bucket": {"type": "string", "enum": list(_dashboard.BUCKETS)},
+            "buckets": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["start", "failed_logins", "denied"],
+                    "properties": {"start": time, "failed_logins": count, "denied": count},
+                },
+            },
+            "alerts": {"type": "array", "items": alert},
+            "totals": {
+                "type": "object",
+                "required": ["failed_logins", "denied", "alerts"],
+                "properties": {"failed_logins": count, "denied": count, "alerts": count},
+            },
+            "scan": {
+                "type": "object",
+                "required": ["max_events", "events_read", "truncated", "complete_from"],
+                "properties": {
+                    "max_events": count,
+                    "events_read": count,
+                    "truncated": {"type": "boolean"},
+                    "complete_from": {"type": ["string", "null"], "format": "date-time"},
+                },
+            },
+        },
+    }
+
+
 def _openapi() -> dict[str, Any]:
     org = {"name": "org_id", "in": "path", "required": True, "schema": {"type": "string"}}
     filters = [
@@ -196,6 +263,46 @@ def _openapi() -> dict[str, Any]:
                     },
                 }
             },
+            "/orgs/{org_id}/audit-logs/activity": {
+                "get": {
+                    "operationId": "getAuditLogActivity",
+                    "summary": "Failed logins and denied requests over time, with brute-force "
+                    "alerts",
+                    "description": (
+                        "Counts per bucket of failed logins (action "
+                        f"`{_dashboard.FAILED_LOGIN_ACTION}`) and of other denied requests "
+                        "(outcome `denied`), oldest bucket first with every bucket present, "
+                        f"and the `{_dashboard.ALERT_ACTION}` events in the range. `until` "
+                        "defaults to now, `since` to 30 days before `until`, `bucket` to "
+                        "`hour` for spans up to 3 days, else `day`; at most "
+                        f"{_dashboard.MAX_BUCKETS} buckets. Each series reads at most "
+                        f"{_dashboard.MAX_ACTIVITY_EVENTS} events, newest first: when that "
+                        "cap is hit `scan.truncated` is true and counts are complete only "
+                        "from `scan.complete_from`."
+                    ),
+                    "parameters": [
+                        org,
+                        filters[3],
+                        filters[4],
+                        {
+                            "name": "bucket",
+                            "in": "query",
+                            "schema": {"type": "string", "enum": list(_dashboard.BUCKETS)},
+                        },
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "Activity counts and alerts",
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": "#/components/schemas/Activity"}
+                                }
+                            },
+                        },
+                        **errors,
+                    },
+                }
+            },
             "/orgs/{org_id}/audit-logs/export.csv": {
                 "get": {
                     "operationId": "exportAuditLogsCsv",
@@ -226,6 +333,7 @@ def _openapi() -> dict[str, Any]:
             },
         },
         "components": {
+            "schemas": {"Activity": _activity_schema()},
             "responses": {
                 "Error": {
                     "description": "An error",
@@ -246,7 +354,7 @@ def _openapi() -> dict[str, Any]:
                         }
                     },
                 }
-            }
+            },
         },
     }
 
@@ -271,17 +379,22 @@ def audit_log_router(reader: ArchiveReader, *, authorize: Authorize) -> Router:
         body = _json_text({"error": {"code": code, "message": message}})
         return Response(body, status_code=status, media_type="application/json")
 
-    async def check(request: Request, org_id: str) -> Response | None:
-        """None when allowed, else the error response (nothing has been read)."""
+    async def refusal(request: Request, org_id: str) -> tuple[int, str, str] | None:
+        """None when allowed, else ``(status, code, message)`` (nothing has been read)."""
         try:
             verdict = authorize(request, org_id)
             if inspect.isawaitable(verdict):
                 verdict = await verdict
         except Unauthenticated as exc:
-            return error(401, "unauthenticated", str(exc) or "authentication required")
+            return 401, "unauthenticated", str(exc) or "authentication required"
         if verdict is not True:
-            return error(403, "forbidden", "not allowed to read this organization's audit logs")
+            return 403, "forbidden", "not allowed to read this organization's audit logs"
         return None
+
+    async def check(request: Request, org_id: str) -> Response | None:
+        """None when allowed, else the JSON error response (nothing has been read)."""
+        refused = await refusal(request, org_id)
+        return None if refused is None else error(*refused)
 
     async def read(org_id: str, args: dict[str, Any]) -> Any:
         return await run_in_threadpool(reader.get_audit_logs, org_id, **args)
@@ -345,6 +458,62 @@ def audit_log_router(reader: ArchiveReader, *, authorize: Authorize) -> Router:
     async def export_jsonl(request: Request) -> Response:
         return await export(request, "jsonl")
 
+    async def activity(request: Request) -> Response:
+        org_id: str = request.path_params["org_id"]
+        denied = await check(request, org_id)
+        if denied is not None:
+            return denied
+        params = request.query_params
+
+        def compute() -> dict[str, Any]:
+            return _dashboard.activity(
+                reader,
+                org_id,
+                since=params.get("since") or None,
+                until=params.get("until") or None,
+                bucket=params.get("bucket") or None,
+            )
+
+        try:
+            body = await run_in_threadpool(compute)
+        except ValueError as exc:
+            return failure(exc)
+        return Response(_json_text(body), media_type="application/json")
+
+    def html(status: int, content: str) -> Response:
+        return Response(
+            content,
+            status_code=status,
+            media_type="text/html; charset=utf-8",
+            headers=_dashboard.page_headers(),
+        )
+
+    async def html_check(request: Request, org_id: str) -> Response | None:
+        refused = await refusal(request, org_id)
+        if refused is None:
+            return None
+        status, _code, message = refused
+        title = "Unauthorized" if status == 401 else "Forbidden"
+        return html(status, _dashboard.error_page(status, title, message))
+
+    async def dashboard(request: Request) -> Response:
+        org_id: str = request.path_params["org_id"]
+        denied = await html_check(request, org_id)
+        if denied is not None:
+            return denied
+        return html(200, _dashboard.page(org_id))
+
+    async def dashboard_asset(request: Request) -> Response:
+        org_id: str = request.path_params["org_id"]
+        denied = await html_check(request, org_id)
+        if denied is not None:
+            return denied
+        found = _dashboard.asset(request.path_params["asset"])
+        if found is None:
+            return html(404, _dashboard.error_page(404, "Not Found", "no such dashboard asset"))
+        content, media = found
+        return Response(content, media_type=media, headers=_dashboard.page_headers())
+
     spec = _json_text(_openapi())
 
     async def openapi(request: Request) -> Response:
@@ -358,6 +527,9 @@ def audit_log_router(reader: ArchiveReader, *, authorize: Authorize) -> Router:
             Route("/orgs/{org_id}/audit-logs", list_logs, methods=["GET"]),
             Route("/orgs/{org_id}/audit-logs/export.csv", export_csv, methods=["GET"]),
             Route("/orgs/{org_id}/audit-logs/export.jsonl", export_jsonl, methods=["GET"]),
+            Route("/orgs/{org_id}/audit-logs/activity", activity, methods=["GET"]),
+            Route("/orgs/{org_id}/dashboard", dashboard, methods=["GET"]),
+            Route("/orgs/{org_id}/dashboard/{asset}", dashboard_asset, methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),
         ],
         default=not_found,

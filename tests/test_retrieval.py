@@ -300,6 +300,7 @@ def test_openapi_and_unknown_routes(http: httpx.Client) -> None:
     assert spec["openapi"].startswith("3.")
     assert set(spec["paths"]) == {
         "/orgs/{org_id}/audit-logs",
+        "/orgs/{org_id}/audit-logs/activity",
         "/orgs/{org_id}/audit-logs/export.csv",
         "/orgs/{org_id}/audit-logs/export.jsonl",
     }
