@@ -4,6 +4,7 @@ restarts (clean and SIGKILL), and the signed digests the archive writes."""
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import os
 import signal
@@ -16,9 +17,11 @@ from urllib.parse import unquote
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from audit_middleware import Actor, AuditConfigError, Auditor, Target
-from audit_middleware._event import AuditEvent
+from audit_middleware._event import AuditEvent, ClientInfo, ErrorInfo, RequestInfo
 from audit_middleware.integrity import GENESIS, EventChain, canonical_bytes, event_hash
 from audit_middleware.integrity._digest import parse_digest, sha256_hex, signature_status
 from audit_middleware.integrity._keys import SigningKey, generate_signing_key, load_public_key
@@ -97,7 +100,7 @@ def _check_digests(root: Path, key: SigningKey | None) -> dict[str, list[dict[st
             covered.add(entry["key"])
     for stream, docs in per_stream.items():
         assert [d["digest_seq"] for d in docs] == list(range(1, len(docs) + 1)), stream
-        for before, after in zip(docs, docs[1:], strict=False):
+        for before, after in itertools.pairwise(docs):
             stored = root / after["previous_digest"]["key"]
             assert after["previous_digest"]["sha256"] == sha256_hex(stored.read_bytes())
             assert before["digest_seq"] + 1 == after["digest_seq"]
@@ -143,7 +146,7 @@ def test_every_event_is_chained_and_the_hash_matches_its_documented_definition(
         data["integrity"] = {k: integrity[k] for k in ("stream", "seq", "prev")}
         expected = sha256_hex(canonical_bytes(data))
         assert integrity["hash"] == expected == event_hash(data, **data["integrity"])
-    for before, after in zip(chain, chain[1:], strict=False):
+    for before, after in itertools.pairwise(chain):
         assert after["prev"] == before["hash"]
 
 
@@ -268,7 +271,7 @@ def test_signing_key_from_the_environment(tmp_path: Path) -> None:
     _record(auditor, 3)
     auditor.shutdown(timeout=10)
     _check_digests(tmp_path / "archive", key)
-    with pytest.raises(AuditConfigError, match="AUDIT_LOG_SIGNING_KEY: .*32"):
+    with pytest.raises(AuditConfigError, match=r"AUDIT_LOG_SIGNING_KEY: .*32"):
         Auditor(environ={**env, "AUDIT_LOG_SIGNING_KEY_FILE": "", "AUDIT_LOG_SIGNING_KEY": "AAAA"})
 
 
@@ -351,3 +354,61 @@ def test_hashed_fields_are_exactly_the_schema_fields() -> None:
 
     schema = json.loads((ROOT / "audit_middleware/schema/audit-event.v1.json").read_text())
     assert set(schema["properties"]) == EVENT_FIELDS
+
+
+_text = st.text(max_size=8)
+_scalar = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 5),
+    st.floats(allow_nan=False, allow_infinity=False),
+    _text,
+)
+_json = st.recursive(
+    _scalar,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(_text, inner, max_size=3)),
+    max_leaves=8,
+)
+_events_strategy = st.builds(
+    AuditEvent,
+    id=st.just("0190a0b0-0000-7000-8000-000000000001"),
+    occurred_at=st.just("2026-11-27T10:00:00.000000Z"),
+    action=st.just("doc.updated"),
+    outcome=st.sampled_from(["success", "denied", "failure", "error"]),
+    actor=st.builds(Actor, id=_text, email=st.none() | _text, name=st.none() | _text),
+    org_id=st.none() | _text,
+    target=st.none() | st.builds(Target, type=_text, id=st.none() | _text),
+    request=st.none()
+    | st.builds(
+        RequestInfo,
+        id=_text,
+        method=st.just("POST"),
+        path=_text,
+        route=st.none() | _text,
+        status=st.none() | st.integers(100, 599),
+        duration_ms=st.none() | st.floats(0, 1e6, allow_nan=False),
+        completed=st.none() | st.booleans(),
+        query=st.dictionaries(_text, _json, max_size=3),
+        headers=st.dictionaries(_text, _text, max_size=3),
+    ),
+    client=st.none()
+    | st.builds(
+        ClientInfo, ip=st.none() | _text, peer=st.none() | _text, user_agent=st.none() | _text
+    ),
+    error=st.none() | st.builds(ErrorInfo, type=_text),
+    metadata=st.dictionaries(_text, _json, max_size=4),
+    trace=st.none() | st.dictionaries(_text, _text, max_size=2),
+    integrity=st.none(),
+    schema_version=st.just(1),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(event=_events_strategy)
+def test_the_chain_hashes_exactly_the_documented_canonical_form(event: AuditEvent) -> None:
+    (sealed,) = EventChain().seal([event])
+    integrity = sealed.integrity
+    assert integrity is not None
+    # the JSON copy of the event, as any reader of any archive copy would see it
+    data = orjson.loads(orjson.dumps(sealed.to_dict()))
+    assert event_hash(data, integrity["stream"], 1, GENESIS) == integrity["hash"]

@@ -13,9 +13,9 @@ import os
 import re
 import socket
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import orjson
 
@@ -41,6 +41,57 @@ class ChainHead:
     stream: str
     seq: int = 0
     hash: str = GENESIS
+
+
+_new = tuple.__new__  # AuditEvent(...) without _replace's keyword handling
+_SCALARS: Final = frozenset({str, int, float, bool})
+
+
+def _hash_input(event: AuditEvent) -> dict[str, Any]:
+    """``prune(event.to_dict())`` without the integrity member, built directly (hot path)."""
+    data: dict[str, Any] = {
+        "schema_version": event.schema_version,
+        "id": event.id,
+        "occurred_at": event.occurred_at,
+        "action": event.action,
+        "outcome": event.outcome,
+        "actor": _present(event.actor.to_dict()),
+    }
+    if event.org_id is not None:
+        data["org_id"] = event.org_id
+    if event.target is not None:
+        data["target"] = _present(event.target.to_dict())
+    request = event.request
+    if request is not None:
+        part = _present(request._asdict())
+        for name in ("query", "headers"):
+            mapping = part.pop(name, None)
+            if mapping:
+                part[name] = prune(mapping)
+                if not part[name]:
+                    del part[name]
+        data["request"] = part
+    if event.client is not None:
+        client = _present(event.client._asdict())
+        if client:
+            data["client"] = client
+    if event.error is not None:
+        data["error"] = {"type": event.error.type}
+    if event.metadata:
+        metadata = event.metadata
+        if all(type(v) in _SCALARS for v in metadata.values()):
+            data["metadata"] = dict(metadata)
+        else:
+            pruned = prune(metadata)
+            if pruned:
+                data["metadata"] = pruned
+    if event.trace:
+        data["trace"] = _present(event.trace)
+    return data
+
+
+def _present(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in mapping.items() if value is not None}
 
 
 class EventChain:
@@ -81,14 +132,11 @@ class EventChain:
                     sealed.append(event)
                     continue
                 seq += 1
-                data = prune(event.to_dict())
+                data = _hash_input(event)
                 data["integrity"] = {"stream": stream, "seq": seq, "prev": prev}
                 digest = hashlib.sha256(orjson.dumps(data, option=_OPTIONS)).hexdigest()
-                sealed.append(
-                    event._replace(
-                        integrity={"stream": stream, "seq": seq, "prev": prev, "hash": digest}
-                    )
-                )
+                integrity = {"stream": stream, "seq": seq, "prev": prev, "hash": digest}
+                sealed.append(_new(AuditEvent, (*event[:12], integrity, event[13])))
                 prev = digest
             self._seq, self._hash = seq, prev
         return sealed
