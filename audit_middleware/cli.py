@@ -273,6 +273,9 @@ def _build_parser() -> argparse.ArgumentParser:
     from audit_middleware._cli_athena import register as register_athena
 
     register_athena(groups)  # `audit-log athena ddl`
+    from audit_middleware._cli_verify import register as register_verify
+
+    register_verify(groups)  # `audit-log verify` and `audit-log keygen`
     return parser
 
 
