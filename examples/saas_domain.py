@@ -417,6 +417,12 @@ class Store:
             raise Forbidden("organization admins only")
         return membership
 
+    def is_admin(self, user: User, org_id: str) -> bool:
+        """Whether ``user`` is an owner or admin of ``org_id`` (False for an unknown org)."""
+        with self._lock:
+            membership = self._membership(org_id, user.id) if org_id in self.orgs else None
+        return membership is not None and membership.role in _ADMIN_ROLES
+
     def _owners(self, org_id: str) -> int:
         return sum(1 for m in self.memberships if m.org_id == org_id and m.role == "owner")
 
