@@ -19,7 +19,7 @@ from typing import Any, Final
 
 import orjson
 
-from audit_middleware._event import AuditEvent
+from audit_middleware._event import AuditEvent, RequestInfo
 from audit_middleware.integrity._canonical import GENESIS, prune
 
 __all__ = ["ChainHead", "EventChain", "new_stream_id"]
@@ -48,50 +48,85 @@ _SCALARS: Final = frozenset({str, int, float, bool})
 
 
 def _hash_input(event: AuditEvent) -> dict[str, Any]:
-    """``prune(event.to_dict())`` without the integrity member, built directly (hot path)."""
+    """``prune(event.to_dict())`` without the integrity member, built directly (hot path;
+    ``tests/test_integrity_chain.py`` checks it against the definition)."""
+    actor = event.actor
+    who: dict[str, Any] = {"type": actor.type}
+    if actor.id is not None:
+        who["id"] = actor.id
+    if actor.email is not None:
+        who["email"] = actor.email
+    if actor.name is not None:
+        who["name"] = actor.name
     data: dict[str, Any] = {
         "schema_version": event.schema_version,
         "id": event.id,
         "occurred_at": event.occurred_at,
         "action": event.action,
         "outcome": event.outcome,
-        "actor": _present(event.actor.to_dict()),
+        "actor": who,
     }
     if event.org_id is not None:
         data["org_id"] = event.org_id
-    if event.target is not None:
-        data["target"] = _present(event.target.to_dict())
+    target = event.target
+    if target is not None:
+        data["target"] = {"type": target.type} if target.id is None else {
+            "type": target.type, "id": target.id
+        }  # fmt: skip
     request = event.request
     if request is not None:
-        part = _present(request._asdict())
-        for name in ("query", "headers"):
-            mapping = part.pop(name, None)
-            if mapping:
-                part[name] = prune(mapping)
-                if not part[name]:
-                    del part[name]
-        data["request"] = part
-    if event.client is not None:
-        client = _present(event.client._asdict())
-        if client:
-            data["client"] = client
+        data["request"] = _request(request)
+    client = event.client
+    if client is not None:
+        part = {}
+        if client.ip is not None:
+            part["ip"] = client.ip
+        if client.peer is not None:
+            part["peer"] = client.peer
+        if client.user_agent is not None:
+            part["user_agent"] = client.user_agent
+        if part:
+            data["client"] = part
     if event.error is not None:
         data["error"] = {"type": event.error.type}
-    if event.metadata:
-        metadata = event.metadata
-        if all(type(v) in _SCALARS for v in metadata.values()):
-            data["metadata"] = dict(metadata)
-        else:
-            pruned = prune(metadata)
-            if pruned:
-                data["metadata"] = pruned
+    metadata = event.metadata
+    if metadata:
+        pruned = _flat(metadata)
+        if pruned:
+            data["metadata"] = pruned
     if event.trace:
-        data["trace"] = _present(event.trace)
+        data["trace"] = _flat(event.trace)
     return data
 
 
-def _present(mapping: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in mapping.items() if value is not None}
+def _request(request: RequestInfo) -> dict[str, Any]:
+    part: dict[str, Any] = {"id": request.id, "method": request.method, "path": request.path}
+    if request.route is not None:
+        part["route"] = request.route
+    if request.status is not None:
+        part["status"] = request.status
+    if request.duration_ms is not None:
+        part["duration_ms"] = request.duration_ms
+    if request.completed is not None:
+        part["completed"] = request.completed
+    if request.query:
+        query = _flat(request.query)
+        if query:
+            part["query"] = query
+    if request.headers:
+        headers = _flat(request.headers)
+        if headers:
+            part["headers"] = headers
+    return part
+
+
+def _flat(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    """``prune(mapping)``, fast when every value is a plain scalar."""
+    for value in mapping.values():
+        if type(value) not in _SCALARS:
+            pruned: dict[str, Any] = prune(mapping)
+            return pruned
+    return dict(mapping)
 
 
 class EventChain:
