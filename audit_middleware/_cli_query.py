@@ -1,8 +1,12 @@
-"""``audit-log query``: read one org's events from the archive (``ArchiveReader``, no server).
+"""``audit-log query``: read one org's events from the archive (no server).
 
 ``audit-log query --archive URL --org ORG [--actor A] [--action A] [--outcome O] [--since T]
-[--until T] [--limit N] [--format table|json|csv]`` prints at most ``N`` (default 100) events,
-newest first, following the reader's cursors. ``--archive`` defaults to
+[--until T] [--limit N] [--format table|json|csv] [--engine python|duckdb]`` prints at most
+``N`` (default 100) events, newest first, following the reader's cursors. ``--engine python``
+(:class:`~audit_middleware.query.ArchiveReader`, the default: as fast or faster on the
+benchmark's questions, see docs/query.md, and no duckdb import) and ``--engine duckdb``
+(:class:`~audit_middleware.duckdb_engine.DuckDBEngine`) return the same events.
+``--archive`` defaults to
 ``$AUDIT_LOG_ARCHIVE_URL``. ``json`` is one JSON array; ``csv`` has the retrieval API's columns
 (formula-injection safe); ``table`` escapes control characters so stored values cannot drive
 the terminal. A bad argument exits 2 with one line on stderr.
@@ -24,6 +28,7 @@ ARCHIVE_URL_ENV: Final = "AUDIT_LOG_ARCHIVE_URL"
 MAX_EVENTS: Final = 100_000
 HELP: Final = "print one org's audit events from the archive, newest first"
 _TABLE_COLUMNS: Final = ("occurred_at", "action", "outcome", "actor", "target", "ip")
+ENGINES: Final = ("python", "duckdb")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,6 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--limit", metavar="N", type=int, default=100, help="at most N events (default 100)"
     )
     parser.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    parser.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="python",
+        help="query engine (default: python); both return the same events",
+    )
 
 
 def register(subparsers: Any) -> None:
@@ -60,7 +71,14 @@ def _events(args: argparse.Namespace) -> list[dict[str, Any]]:
     total: int = args.limit
     if not 1 <= total <= MAX_EVENTS:
         raise ValueError(f"--limit must be from 1 to {MAX_EVENTS}, got {total}")
-    reader = ArchiveReader(url)
+    engine = getattr(args, "engine", "python")
+    reader: ArchiveReader
+    if engine == "duckdb":
+        from audit_middleware.duckdb_engine import DuckDBEngine
+
+        reader = DuckDBEngine(url)
+    else:
+        reader = ArchiveReader(url)
     filters = {
         name: getattr(args, name)
         for name in ("actor", "action", "outcome", "since", "until")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -135,3 +136,30 @@ def test_missing_archive_or_org_exits_2(capsys: pytest.CaptureFixture[str]) -> N
     assert "--org" in capsys.readouterr().err
     assert main(["query", "--archive", "ftp://x/y", "--org", "acme"]) == 2
     assert "expected s3://bucket/prefix" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [[], ["--actor", "u2"], ["--action", "user.login.*"], ["--since", "2026-11-02T00:00:00Z"]],
+)
+def test_both_engines_print_the_same(
+    archive: str, capsys: pytest.CaptureFixture[str], filters: list[str]
+) -> None:
+    outputs = []
+    for engine in ("python", "duckdb", None):
+        args = ["query", "--archive", archive, "--org", "acme", "--format", "json", "--limit", "3"]
+        assert main([*args, *filters, *(["--engine", engine] if engine else [])]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1] == outputs[2]
+    assert json.loads(outputs[0])
+
+
+def test_duckdb_engine_without_duckdb_exits_2(
+    archive: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "duckdb", None)
+    assert main(["query", "--archive", archive, "--org", "acme", "--engine", "duckdb"]) == 2
+    assert "audit-log-middleware[duckdb]" in capsys.readouterr().err
+    # the default engine is the pure-Python reader
+    assert main(["query", "--archive", archive, "--org", "acme", "--format", "json"]) == 0
+    assert [r["id"] for r in json.loads(capsys.readouterr().out)] == newest_first(ACME)
