@@ -77,6 +77,9 @@ VARIANTS: Final = ("bare", "audit", "otel")
 QUEUE_SIZE: Final = 1_000_000
 TARGET_ADDED_US: Final = 5.0
 TARGET_CPU_US: Final = 15.0
+#: Whether the audit variant hash-chains its events (the default); ``--no-integrity`` turns it
+#: off to show what the chain costs (a list: set once from the command line).
+INTEGRITY: list[bool] = [True]
 TARGET_HTTP_RATIO: Final = 0.8
 
 #: Twenty rules of a typical B2B SaaS API; ``POST /hello`` is the one every request matches.
@@ -254,6 +257,7 @@ def build_variants(audit_output: str | IO[bytes]) -> Variants:
         # This process imports OpenTelemetry only for the "otel" variant; the audit variant has
         # no tracer, so trace-id capture (about 0.7 us when on) stays off as in an app without it.
         trace_context="off",
+        integrity=INTEGRITY[0],
         environ={},
     )
     provider = TracerProvider()
@@ -419,8 +423,9 @@ class _Server(uvicorn.Server):
         self.should_exit = True
 
 
-def serve(variant: str, conn: Connection) -> None:
+def serve(variant: str, conn: Connection, integrity: bool = True) -> None:
     """Child process: serve one variant on a free loopback port until SIGTERM, then report."""
+    INTEGRITY[0] = integrity
     v = build_variants(os.devnull)
     # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY on accepted sockets only when the
     # listener says TCP; with proto 0, Nagle + delayed ACK cap keep-alive at ~25 req/s/conn.
@@ -462,7 +467,9 @@ def start_server(variant: str) -> ServerProcess:
     """Spawn the server for ``variant``; returns once it is bound (see :func:`wait_ready`)."""
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
-    process = ctx.Process(target=serve, args=(variant, child), name=f"bench-{variant}", daemon=True)
+    process = ctx.Process(
+        target=serve, args=(variant, child, INTEGRITY[0]), name=f"bench-{variant}", daemon=True
+    )
     process.start()
     child.close()
     if not parent.poll(60):
@@ -785,7 +792,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--profile", action="store_true", help="print a cProfile of the audit request path"
     )
     parser.add_argument("--no-http", action="store_true", help="skip the uvicorn measurement")
+    parser.add_argument(
+        "--no-integrity",
+        action="store_true",
+        help="audit without the hash chain (AUDIT_LOG_INTEGRITY=false)",
+    )
     args = parser.parse_args(argv)
+    INTEGRITY[0] = not args.no_integrity
     plan = QUICK if args.quick else FULL
 
     ctx = machine()
@@ -793,7 +806,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"Python {ctx['python']} ({ctx['implementation']}) on {ctx['platform']}, "
         f"{ctx['cpu_count']} CPUs, load average {ctx['load_average']}"
     )
-    print(f"mode: {'quick' if args.quick else 'full'}; variants interleaved round-robin\n")
+    print(
+        f"mode: {'quick' if args.quick else 'full'}; variants interleaved round-robin; "
+        f"integrity chain {'on' if INTEGRITY[0] else 'off'}\n"
+    )
 
     started = time.monotonic()
     a, b, prof, summaries, problems = asyncio.run(run_in_process(plan, args.profile))
