@@ -30,8 +30,8 @@ import httpx
 import uvicorn
 
 from audit_middleware import AuditMiddleware, Auditor
+from audit_middleware.cli import main as audit_log
 from audit_middleware.integrity._keys import generate_signing_key
-from audit_middleware.integrity._verify import verify_archive
 from examples.demo_dashboard import mount_dashboard
 from examples.demo_s3 import LoopbackS3, bucket_settings
 from examples.saas_domain import Store, TokenService
@@ -108,6 +108,8 @@ def main() -> None:
     key_path = OUT_DIR / "signing-key.pem"
     key_path.write_bytes(key.pem())
     key_path.chmod(0o600)
+    public_path = OUT_DIR / "signing-key.pub.pem"
+    public_path.write_bytes(key.public.pem())
     archive = ArchiveExporter(
         f"s3://{BUCKET}/{PREFIX}",
         spool_dir=OUT_DIR / "spool",
@@ -158,11 +160,9 @@ def main() -> None:
         f"events, {len(failed)} failed logins; {len(across)} brute-force alerts across orgs"
     )
 
-    report = verify_archive(f"s3://{BUCKET}/{PREFIX}", public_keys={key.fingerprint: key.public})
-    progress(
-        f"audit-log verify: {report.objects} objects, {report.events} events, "
-        f"{report.digests} digests: {'OK' if report.ok else 'FINDINGS'}"
-    )
+    command = ["verify", f"s3://{BUCKET}/{PREFIX}", "--public-key", str(public_path)]
+    progress(f"audit-log {' '.join(command)}")
+    verified = audit_log([*command, "--no-progress"]) == 0
 
     events = memory.events
     print(f"\n{'action':<34} {'outcome':<8} count")
@@ -178,11 +178,9 @@ def main() -> None:
         f"{len(objects) - len(data_objects)} digest/key objects\n"
         f"bucket: versioning {settings['versioning']}, Object Lock {settings['object_lock']}, "
         f"lifecycle rules {', '.join(settings['lifecycle'])}\n"
-        f"verification: {len(report.findings)} findings, {len(report.notices)} notices"
-        f" (signing key {key.fingerprint[:16]}..., {key_path})"
+        f"verification: {'OK, 0 findings' if verified else 'FINDINGS (see above)'}; signing key "
+        f"{key.fingerprint[:16]}... ({key_path}, public key {public_path})"
     )
-    for finding in report.findings:
-        print(f"  FINDING {finding}")
     dashboard = base + sign_in_link(first.owner_id, first.org_id)
     print(f"\nSecurity Activity dashboard for {first.org_id}: {dashboard}")
     print(f"took {time.perf_counter() - progress.started:.1f} s")
@@ -193,7 +191,7 @@ def main() -> None:
         for failed_check, text in [
             (not delivered, "not every event reached S3 with its digest"),
             (bool(stats.dropped), f"{stats.dropped} events dropped"),
-            (not report.ok, "verification findings"),
+            (not verified, "verification findings"),
             (not alerts, "no brute-force alert"),
             (len(failed) < BURST, f"only {len(failed)} failed logins in {first.org_id}"),
         ]

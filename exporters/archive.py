@@ -421,6 +421,8 @@ def _span(events: Sequence[AuditEvent]) -> ChainSpan | None:
 
 def _in_seq_order(events: list[AuditEvent]) -> list[AuditEvent]:
     """``events`` sorted by chain position when they carry one and are not already in order."""
+    if events[0].integrity is None:
+        return events
     seqs = [e.integrity["seq"] if e.integrity is not None else 0 for e in events]
     if all(a < b for a, b in itertools.pairwise(seqs)):
         return events

@@ -22,7 +22,8 @@ def test_the_demo_runs_end_to_end_and_verifies_clean(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
     assert "[7/7" in out
-    assert "verification: 0 findings" in out
+    assert "OK: no findings." in out
+    assert "verification: OK, 0 findings" in out
     assert "security.brute_force.suspected" in out
     assert "Object Lock COMPLIANCE 90 days" in out
     assert "/demo/sign-in/" in out
