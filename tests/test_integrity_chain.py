@@ -25,6 +25,7 @@ from audit_middleware._event import AuditEvent, ClientInfo, ErrorInfo, RequestIn
 from audit_middleware.integrity import GENESIS, EventChain, canonical_bytes, event_hash
 from audit_middleware.integrity._digest import parse_digest, sha256_hex, signature_status
 from audit_middleware.integrity._keys import SigningKey, generate_signing_key, load_public_key
+from audit_middleware.integrity._verify import verify_archive
 from audit_middleware.query import _with_org
 from exporters._parquet import decode_parquet
 from exporters.archive import ArchiveExporter
@@ -230,6 +231,9 @@ def test_a_clean_restart_continues_the_stream_and_the_digest_chain(tmp_path: Pat
     assert list(seqs.values()) == [list(range(1, 121))]  # one stream over three processes
     (docs,) = _check_digests(root, key).values()
     assert [d["digest_seq"] for d in docs] == [1, 2, 3]
+    report = verify_archive(str(root), public_keys={key.fingerprint: key.public}, open_grace=0)
+    assert report.ok
+    assert (report.events, report.streams) == (120, 1)
     writers = {k.rsplit("/", 1)[1].rsplit("-", 1)[0] for k, _ in _events(root)}
     assert len(writers) == 3
 
@@ -345,6 +349,10 @@ def test_chains_and_digests_survive_sigkill_and_restart(tmp_path: Path) -> None:
     assert len(seqs) == 1, "the restarted processes continue the killed one's stream"
     assert len(next(iter(seqs.values()))) > 10
     _check_digests(archive_dir, key)
+    report = verify_archive(
+        str(archive_dir), public_keys={key.fingerprint: key.public}, open_grace=0
+    )
+    assert report.ok, [str(f) for f in report.findings]
     # Each gap is small: at most the events the killed process had numbered but not spooled.
     assert all(b - a < 2000 for a, b in _crash_gaps(archive_dir))
 
