@@ -65,6 +65,7 @@ class DigestKeeper:
     def start(self, spool: Spool) -> None:
         """A new spool (first use, or after ``fork``): forget the previous process's state."""
         del spool
+        self._lock = threading.Lock()  # after fork, the parent's may be held forever
         with self._lock:
             self.origin = ChainHead(new_stream_id())
             self._reset_head(self.origin)

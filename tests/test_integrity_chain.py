@@ -420,3 +420,30 @@ def test_the_chain_hashes_exactly_the_documented_canonical_form(event: AuditEven
     # the JSON copy of the event, as any reader of any archive copy would see it
     data = orjson.loads(orjson.dumps(sealed.to_dict()))
     assert event_hash(data, integrity["stream"], 1, GENESIS) == integrity["hash"]
+
+
+def test_a_forked_worker_writes_its_own_stream(tmp_path: Path) -> None:
+    # gunicorn --preload: the auditor is built in the master and used in forked workers.
+    key = generate_signing_key()
+    auditor = Auditor(
+        exporters=[_archive(tmp_path, signing_key=key)], environ={}, batch_interval=0.01
+    )
+    _record(auditor, 5)
+    auditor.force_flush(timeout=10)
+    pid = os.fork()
+    if pid == 0:  # the worker
+        code = 1
+        try:
+            _record(auditor, 7, start=100)
+            auditor.shutdown(timeout=10)
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    auditor.shutdown(timeout=10)
+    root = tmp_path / "archive"
+    assert sorted(len(seqs) for seqs in _check_chains(root).values()) == [5, 7]
+    report = verify_archive(str(root), public_keys={key.fingerprint: key.public}, open_grace=0)
+    assert report.ok, [str(f) for f in report.findings]
+    assert report.streams == 2

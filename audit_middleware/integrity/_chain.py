@@ -13,6 +13,7 @@ import os
 import re
 import socket
 import threading
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -129,6 +130,18 @@ def _flat(mapping: Mapping[str, Any]) -> dict[str, Any]:
     return dict(mapping)
 
 
+_live_chains: weakref.WeakSet[EventChain] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A lock held by a parent's thread at fork time would never be released in the child.
+    for chain in list(_live_chains):
+        chain._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class EventChain:
     """Give events their place in the stream, in the order :meth:`seal` sees them (thread-safe).
 
@@ -138,6 +151,7 @@ class EventChain:
     def __init__(self, origin: Callable[[], ChainHead] | None = None) -> None:
         self._origin = origin or (lambda: ChainHead(new_stream_id()))
         self._lock = threading.Lock()
+        _live_chains.add(self)
         self._pid = -1
         self._stream = ""
         self._seq = 0
