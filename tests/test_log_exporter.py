@@ -67,3 +67,19 @@ def test_into_the_applications_structlog_configuration(
     assert [log["event"] for log in logs] == ["org.settings.updated"] * 2
     assert logs[0]["id"] == events[0].id
     assert logs[1]["metadata"] == {"i": 1, "note": "a\\nb"}
+
+
+def test_the_direct_rendering_matches_structlogs_chain(
+    make_auditor: Callable[..., MemoryAuditor],
+) -> None:
+    events = _events(make_auditor, 4)
+    direct, chained = io.BytesIO(), io.BytesIO()
+    StructlogExporter(output=direct).export(events)
+    keep: Any = lambda _logger, _name, event_dict: event_dict  # noqa: E731 - a no-op processor
+    StructlogExporter(output=chained, processors=[keep]).export(events)
+    assert direct.getvalue() == chained.getvalue()
+    assert list(orjson.loads(direct.getvalue().splitlines()[0]))[-3:] == [
+        "event",
+        "logger",
+        "level",
+    ]
