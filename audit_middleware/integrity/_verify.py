@@ -37,11 +37,9 @@ from __future__ import annotations
 import gzip
 import re
 import time
-from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 from urllib.parse import unquote, urlparse
@@ -49,14 +47,17 @@ from urllib.parse import unquote, urlparse
 import orjson
 
 from audit_middleware._event import AuditEvent
-from audit_middleware.integrity._canonical import GENESIS, event_hash
-from audit_middleware.integrity._digest import (
-    INTEGRITY_DIR,
-    parse_digest,
-    sha256_hex,
-    signature_status,
-)
+from audit_middleware.integrity._digest import INTEGRITY_DIR, sha256_hex
 from audit_middleware.integrity._keys import PublicKey, load_public_key
+from audit_middleware.integrity._verify_chains import Chains, EventSource
+from audit_middleware.integrity._verify_digests import DigestChecks, ObjectSummary
+from audit_middleware.integrity._verify_report import (
+    FINDING_KINDS,
+    NOTICE_KINDS,
+    Finding,
+    Location,
+    VerifyReport,
+)
 
 __all__ = [
     "DEFAULT_OPEN_GRACE",
@@ -73,40 +74,9 @@ __all__ = [
 #: Seconds after upload during which an object may still be missing from every digest.
 DEFAULT_OPEN_GRACE: Final = 2 * 3600.0
 
-#: Every kind of finding (any finding makes ``audit-log verify`` exit 1).
-FINDING_KINDS: Final = (
-    "modified_event",
-    "deleted_event",
-    "inserted_event",
-    "reordered_events",
-    "deleted_object",
-    "modified_object",
-    "undigested_object",
-    "missing_digest",
-    "unsigned_digest",
-    "bad_signature",
-    "unknown_key",
-    "broken_chain",
-    "chain_head_mismatch",
-    "misplaced_event",
-    "unreadable_object",
-)
-#: Every kind of notice (informational: what could not be checked, or was checked weakly).
-NOTICE_KINDS: Final = (
-    "keys_from_archive",
-    "crash_gap",
-    "pending_object",
-    "pending_events",
-    "partial_scope",
-    "unattributable_rows",
-    "unexpected_file",
-    "skipped_lines",
-)
-
 #: ``progress(done, total)``, called as objects and digests are checked.
 ProgressCallback = Callable[[int, int], None]
 
-_HEX64: Final = re.compile(r"[0-9a-f]{64}")
 _DAY: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _OBJECT: Final = re.compile(r"org_id=([^/]+)/dt=([^/]+)/([^/]+)")
 _DIGEST: Final = re.compile(r"digests/stream=([^/]+)/([^/]+)-([0-9]{10})\.json")
@@ -118,446 +88,9 @@ _PARTITION_MAX: Final = 200
 _EVENT_FIELDS: Final = frozenset(AuditEvent._fields)
 _WRAPPERS: Final = ("message", "msg", "log", "@message", "body", "Body")
 _READ_AHEAD: Final = 8
-_GENESIS_BYTES: Final = bytes.fromhex(GENESIS)
-
-
-# -- the report ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Location:
-    """Where a finding is: object key, 1-based line (row), stream and seq (each if known)."""
-
-    key: str | None = None
-    line: int | None = None
-    stream: str | None = None
-    seq: int | None = None
-
-    def __str__(self) -> str:
-        parts = []
-        if self.key is not None:
-            parts.append(self.key if self.line is None else f"{self.key}:{self.line}")
-        if self.stream is not None:
-            parts.append(f"stream {self.stream}" + ("" if self.seq is None else f" seq {self.seq}"))
-        return ", ".join(parts) or "archive"
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (unknown parts are null)."""
-        return {"key": self.key, "line": self.line, "stream": self.stream, "seq": self.seq}
-
-
-@dataclass(frozen=True, slots=True)
-class Finding:
-    """One problem (or, in :attr:`VerifyReport.notices`, one notice) with its location."""
-
-    kind: str
-    message: str
-    location: Location = field(default_factory=Location)
-
-    def __str__(self) -> str:
-        return f"{self.kind}: {self.location}: {self.message}"
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return {"kind": self.kind, "message": self.message, "location": self.location.to_dict()}
-
-
-@dataclass(slots=True)
-class VerifyReport:
-    """What a verification found, and how much it checked.
-
-    ``complete`` is True when whole streams were read, so gaps in ``seq`` were checked.
-    """
-
-    findings: list[Finding] = field(default_factory=list)
-    notices: list[Finding] = field(default_factory=list)
-    objects: int = 0
-    events: int = 0
-    digests: int = 0
-    streams: int = 0
-    complete: bool = True
-
-    @property
-    def ok(self) -> bool:
-        """Whether nothing was found."""
-        return not self.findings
-
-    def kinds(self) -> dict[str, int]:
-        """The number of findings of each kind found."""
-        counts: dict[str, int] = {}
-        for finding in self.findings:
-            counts[finding.kind] = counts.get(finding.kind, 0) + 1
-        return counts
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return {
-            "ok": self.ok,
-            "complete": self.complete,
-            "checked": {
-                "objects": self.objects,
-                "events": self.events,
-                "digests": self.digests,
-                "streams": self.streams,
-            },
-            "counts": self.kinds(),
-            "findings": [f.to_dict() for f in self.findings],
-            "notices": [n.to_dict() for n in self.notices],
-        }
-
-    def _add(self, kind: str, message: str, location: Location) -> None:
-        self.findings.append(Finding(kind, message, location))
-
-    def _note(self, kind: str, message: str, location: Location | None = None) -> None:
-        self.notices.append(Finding(kind, message, location or Location()))
-
-
-# -- per-stream state ----------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class _Object:
-    key: str  # as displayed: the archive key (with the archive's prefix)
-    writer: str | None
-    pending: bool = False
-
-
-class _Stream:
-    """The chain positions of one stream's events, packed: ~80 bytes per event."""
-
-    __slots__ = (
-        "crash_gaps",
-        "hashes",
-        "heads",
-        "lines",
-        "max_digested",
-        "name",
-        "objs",
-        "prevs",
-        "refs",
-        "seqs",
-        "valid",
-    )
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.seqs = array("q")
-        self.objs = array("l")
-        self.lines = array("l")
-        self.hashes = bytearray()
-        self.prevs = bytearray()
-        self.valid = bytearray()
-        #: seq -> hashes that digests name for it (chain heads, objects' last events)
-        self.refs: dict[int, set[bytes]] = {}
-        #: (seq, hash, digest key) of every digest's chain head
-        self.heads: list[tuple[int, bytes, str]] = []
-        self.max_digested = 0
-        #: (first, last, digest key) of seq ranges a signed digest declares lost in a crash
-        self.crash_gaps: list[tuple[int, int, str]] = []
-
-    def add(self, seq: int, digest: bytes, prev: bytes, obj: int, line: int, ok: bool) -> None:
-        self.seqs.append(seq)
-        self.hashes += digest
-        self.prevs += prev
-        self.objs.append(obj)
-        self.lines.append(line)
-        self.valid.append(ok)
-
-    def hash(self, i: int) -> bytes:
-        return bytes(self.hashes[32 * i : 32 * i + 32])
-
-    def prev(self, i: int) -> bytes:
-        return bytes(self.prevs[32 * i : 32 * i + 32])
-
-
-class _Chains:
-    """Stream states and the chain checks over them, shared by archives and log copies."""
-
-    def __init__(self, report: VerifyReport, objects: list[_Object]) -> None:
-        self.report = report
-        self.objects = objects
-        self.streams: dict[str, _Stream] = {}
-
-    def stream(self, name: str) -> _Stream:
-        state = self.streams.get(name)
-        if state is None:
-            state = self.streams[name] = _Stream(name)
-        return state
-
-    def add_event(
-        self,
-        row: Mapping[str, Any],
-        obj: int,
-        line: int,
-        only: str | None,
-        *,
-        check_hash: bool = True,
-    ) -> tuple[str, int, bytes] | None:
-        """Check one event's hash and record its place; ``(stream, seq, hash)`` or None."""
-        report = self.report
-        where = Location(self.objects[obj].key, line)
-        integrity = row.get("integrity")
-        if integrity is None:
-            if only is None:
-                report._add(
-                    "inserted_event",
-                    "event is not chained (no integrity fields): inserted, or written before "
-                    "integrity was enabled",
-                    where,
-                )
-            return None
-        parsed = _integrity(integrity)
-        if parsed is None:
-            report._add("modified_event", "the event's integrity fields are malformed", where)
-            return None
-        stream, seq, prev, stored = parsed
-        if only is not None and stream != only:
-            return None
-        where = Location(where.key, line, stream, seq)
-        report.events += 1
-        ok = not check_hash or event_hash(row, stream, seq, prev) == stored
-        if not ok:
-            report._add(
-                "modified_event", "the event's content does not match its hash (altered)", where
-            )
-        digest = bytes.fromhex(stored)
-        self.stream(stream).add(seq, digest, bytes.fromhex(prev), obj, line, ok)
-        return stream, seq, digest
-
-    # -- the chain walk --------------------------------------------------------------------------
-
-    def check(self, *, leading_gaps: bool, inner_gaps: bool) -> None:
-        """Check every stream's chain (see the module docstring)."""
-        for name in sorted(self.streams):
-            self._check_stream(self.streams[name], leading_gaps, inner_gaps)
-
-    def _where(self, state: _Stream, i: int) -> Location:
-        return Location(self.objects[state.objs[i]].key, state.lines[i], state.name, state.seqs[i])
-
-    def _restart(self, state: _Stream, before: int, after: int) -> str:
-        a = self.objects[state.objs[before]].writer
-        b = self.objects[state.objs[after]].writer
-        if a is None or b is None or a == b:
-            return ""
-        return f" across a restart from writer {a} to writer {b}"
-
-    def _groups(self, state: _Stream) -> Iterator[tuple[int, list[int]]]:
-        """``(seq, [event index])`` in seq order, one index per distinct event (read order).
-
-        Copies with the same hash that both match it (or both do not) count as one event.
-        """
-        seqs = state.seqs
-        order = sorted(range(len(seqs)), key=seqs.__getitem__)
-        i, n = 0, len(order)
-        while i < n:
-            seq = seqs[order[i]]
-            seen: set[tuple[bytes, int]] = set()
-            distinct: list[int] = []
-            while i < n and seqs[order[i]] == seq:
-                k = order[i]
-                identity = (state.hash(k), state.valid[k])
-                if identity not in seen:
-                    seen.add(identity)
-                    distinct.append(k)
-                i += 1
-            yield seq, distinct
-
-    def _check_stream(self, state: _Stream, leading_gaps: bool, inner_gaps: bool) -> None:
-        report = self.report
-        groups = self._groups(state)
-        current = next(groups, None)
-        last: int | None = None  # index of the chosen event at the previous seq
-        last_seq = 0
-        heads: dict[int, list[tuple[bytes, str]]] = {}
-        for seq, digest, key in state.heads:
-            heads.setdefault(seq, []).append((digest, key))
-        while current is not None:
-            following = next(groups, None)
-            seq, candidates = current
-            before = last if last is not None and last_seq == seq - 1 else None
-            after = following[1] if following is not None and following[0] == seq + 1 else None
-            chosen = self._choose(state, seq, candidates, before, after)
-            for seq_head, key in heads.get(seq, ()):
-                if all(state.hash(k) != seq_head for k in candidates):
-                    report._add(
-                        "chain_head_mismatch",
-                        f"digest {key} names hash {seq_head.hex()[:16]}... as the chain head "
-                        f"at seq {seq}, but the archive's event there has another hash",
-                        self._where(state, chosen),
-                    )
-            if last is None:
-                if seq == 1:
-                    if state.prev(chosen) != _GENESIS_BYTES:
-                        report._add(
-                            "broken_chain",
-                            "the stream's first event does not start from the genesis hash",
-                            self._where(state, chosen),
-                        )
-                elif leading_gaps:
-                    self._gap(state, None, chosen, 1, seq - 1)
-            elif seq == last_seq + 1:
-                if state.prev(chosen) != state.hash(last):
-                    report._add(
-                        "broken_chain",
-                        f"prev does not match the hash of {self._place(state, last)}"
-                        f"{self._restart(state, last, chosen)}: one of the two was altered (and "
-                        "rehashed) or replaced",
-                        self._where(state, chosen),
-                    )
-            elif inner_gaps:
-                self._gap(state, last, chosen, last_seq + 1, seq - 1)
-            last, last_seq = chosen, seq
-            current = following
-        if leading_gaps and state.max_digested > last_seq:
-            first = last_seq + 1
-            tail = None if last is None else self.objects[state.objs[last]].key
-            report._add(
-                "deleted_event",
-                f"{_events(first, state.max_digested)} covered by digests but missing from the "
-                "archive (after the last present event)",
-                Location(tail, None, state.name, first),
-            )
-
-    def _gap(self, state: _Stream, before: int | None, after: int, first: int, last: int) -> None:
-        """Report the missing seqs ``first..last``, except those a digest declared lost in a
-        crash (notices)."""
-        missing = [(first, last)]
-        for low, high, key in state.crash_gaps:
-            remaining = []
-            for a, b in missing:
-                if high < a or low > b:
-                    remaining.append((a, b))
-                    continue
-                declared = (max(a, low), min(b, high))
-                self.report._note(
-                    "crash_gap",
-                    f"{_events(*declared)} missing, declared lost in a writer crash by the "
-                    f"signed digest {key}",
-                    Location(None, None, state.name, declared[0]),
-                )
-                if a < low:
-                    remaining.append((a, low - 1))
-                if b > high:
-                    remaining.append((high + 1, b))
-            missing = remaining
-        for a, b in missing:
-            self._missing(state, before, after, a, b)
-
-    def _missing(
-        self, state: _Stream, before: int | None, after: int, first: int, last: int
-    ) -> None:
-        pending = self.objects[state.objs[after]].pending or (
-            before is not None and self.objects[state.objs[before]].pending
-        )
-        at = Location(None, None, state.name, first)
-        if pending:
-            self.report._note(
-                "pending_events",
-                f"{_events(first, last)} not in the archive yet; a neighbouring event is in an "
-                "object stored within the open grace window (an upload may be pending)",
-                at,
-            )
-            return
-        origin = "the stream's start" if before is None else self._place(state, before)
-        restart = "" if before is None else self._restart(state, before, after)
-        self.report._add(
-            "deleted_event",
-            f"{_events(first, last)} missing: the chain jumps from {origin} to "
-            f"{self._place(state, after)}{restart}",
-            at,
-        )
-
-    def _place(self, state: _Stream, i: int) -> str:
-        return f"seq {state.seqs[i]} ({self.objects[state.objs[i]].key}:{state.lines[i]})"
-
-    def _choose(
-        self,
-        state: _Stream,
-        seq: int,
-        candidates: list[int],
-        before: int | None,
-        after: list[int] | None,
-    ) -> int:
-        """The genuine event among ``candidates``; the others are reported as inserted."""
-        if len(candidates) == 1:
-            return candidates[0]
-        successors = set() if after is None else {state.prev(k) for k in after}
-        named = state.refs.get(seq, set())
-        anchor = _GENESIS_BYTES if seq == 1 else None if before is None else state.hash(before)
-
-        def score(k: int) -> int:
-            digest = state.hash(k)
-            return (
-                8 * (digest in successors)
-                + 4 * (digest in named)
-                + 2 * state.valid[k]
-                + (anchor is not None and state.prev(k) == anchor)
-            )
-
-        scores = [score(k) for k in candidates]
-        best = max(scores)
-        chosen = candidates[scores.index(best)]
-        ambiguous = scores.count(best) > 1
-        for k, value in zip(candidates, scores, strict=True):
-            if k == chosen:
-                continue
-            if ambiguous and value == best:
-                why = (
-                    f"{len(candidates)} different events claim this seq and none can be told "
-                    f"genuine (another is at {self._where(state, chosen)})"
-                )
-            else:
-                why = (
-                    "a second, different event claims this seq and does not link into the "
-                    f"chain (the linked one is at {self._where(state, chosen)})"
-                )
-            self.report._add("inserted_event", why, self._where(state, k))
-        return chosen
-
-
-def _span(first: int, last: int) -> str:
-    return str(first) if first == last else f"{first}..{last}"
-
-
-def _events(first: int, last: int) -> str:
-    return f"event seq {first} is" if first == last else f"events seq {first}..{last} are"
-
-
-def _integrity(value: object) -> tuple[str, int, str, str] | None:
-    if not isinstance(value, Mapping):
-        return None
-    stream, seq, prev, digest = (value.get(k) for k in ("stream", "seq", "prev", "hash"))
-    if (
-        not isinstance(stream, str)
-        or not stream
-        or type(seq) is not int
-        or seq < 1
-        or not isinstance(prev, str)
-        or not isinstance(digest, str)
-        or not _HEX64.fullmatch(prev)
-        or not _HEX64.fullmatch(digest)
-    ):
-        return None
-    return stream, seq, prev, digest
 
 
 # -- archives ------------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class _Listed:
-    digest_key: str
-    stream: str
-    entry: Mapping[str, Any]
-    seen: bool = False
-
-
-@dataclass(slots=True)
-class _ObjectSummary:
-    events: int = 0
-    first_seq: int = 0
-    last_seq: int = 0
-    last_hash: bytes = b""
 
 
 def verify_archive(
@@ -641,9 +174,9 @@ class _Verifier:
         self._progress = progress
         self._whole = org is None and since is None and until is None
         self.report = VerifyReport(complete=self._whole)
-        self._objects: list[_Object] = []
-        self._chains = _Chains(self.report, self._objects)
-        self._listed: dict[str, list[_Listed]] = {}
+        self._objects: list[EventSource] = []
+        self._chains = Chains(self.report, self._objects)
+        self._digests = DigestChecks(self.report, self._chains, self._display, whole=self._whole)
         self._done = 0
         self._total = 0
 
@@ -790,132 +323,12 @@ class _Verifier:
     def _check_digests(
         self, digests: dict[str, dict[int, str]], keys: Mapping[str, PublicKey]
     ) -> None:
-        report = self.report
         order = [(name, n) for name in sorted(digests) for n in sorted(digests[name])]
-        stored: dict[tuple[str, int], tuple[str, Mapping[str, Any] | None]] = {}
         rels = [digests[name][n] for name, n in order]
         for (name, n), (rel, body) in zip(order, self._read_ahead(rels), strict=True):
             self._tick()
-            key = self._display(rel)
-            where = Location(key, None, name)
-            if isinstance(body, Exception):
-                report._add("unreadable_object", f"cannot read the digest ({body})", where)
-                stored[name, n] = ("", None)
-                continue
-            report.digests += 1
-            try:
-                doc = parse_digest(body)
-            except ValueError as exc:
-                report._add("unreadable_object", f"not a digest: {exc}", where)
-                stored[name, n] = (sha256_hex(body), None)
-                continue
-            # keep only the link: the object entries are kept in self._listed
-            stored[name, n] = (sha256_hex(body), {"previous_digest": doc.get("previous_digest")})
-            if doc.get("stream") != name or doc.get("digest_seq") != n:
-                report._add(
-                    "missing_digest",
-                    f"stored as digest {n} of stream {name} but it is digest "
-                    f"{doc.get('digest_seq')!r} of stream {doc.get('stream')!r}: the genuine "
-                    "digest was replaced",
-                    where,
-                )
-            status = signature_status(doc, keys)
-            if status == "unsigned":
-                report._add("unsigned_digest", "the digest carries no signature", where)
-            elif status == "unknown-key":
-                fingerprint = doc.get("signing", {}).get("key_fingerprint")
-                report._add(
-                    "unknown_key",
-                    f"signed by key {fingerprint}, which is not a trusted key",
-                    where,
-                )
-            elif status == "bad-signature":
-                report._add(
-                    "bad_signature", "the signature does not match the digest (altered)", where
-                )
-            self._record_digest(name, key, doc, trusted=status == "valid")
-        for name in sorted(digests):
-            self._check_digest_links(name, digests[name], stored)
-
-    def _record_digest(self, name: str, key: str, doc: Mapping[str, Any], *, trusted: bool) -> None:
-        state = self._chains.stream(name)
-        gaps = doc.get("crash_gaps") or []
-        for gap in gaps if isinstance(gaps, list) and trusted else []:
-            after = gap.get("after_seq") if isinstance(gap, Mapping) else None
-            through = gap.get("through_seq") if isinstance(gap, Mapping) else None
-            if type(after) is int and type(through) is int and 0 <= after < through:
-                state.crash_gaps.append((after + 1, through, key))
-        head = doc.get("chain_head")
-        if isinstance(head, Mapping) and _is_seq(head.get("seq")) and _is_hex(head.get("hash")):
-            digest = bytes.fromhex(head["hash"])
-            state.heads.append((head["seq"], digest, key))
-            state.refs.setdefault(head["seq"], set()).add(digest)
-            state.max_digested = max(state.max_digested, head["seq"])
-        entries = doc.get("objects")
-        if not isinstance(entries, list):
-            entries = []
-            self.report._add(
-                "unreadable_object", "the digest has no object list", Location(key, None, name)
-            )
-        for index, entry in enumerate(entries, 1):
-            if not _valid_entry(entry):
-                self.report._add(
-                    "unreadable_object",
-                    f"object entry {index} of the digest is malformed",
-                    Location(key, None, name),
-                )
-                continue
-            state.refs.setdefault(entry["last_seq"], set()).add(bytes.fromhex(entry["last_hash"]))
-            state.max_digested = max(state.max_digested, entry["last_seq"])
-            rel = _relative(entry["key"])
-            self._listed.setdefault(rel, []).append(_Listed(key, name, entry))
-
-    def _check_digest_links(
-        self,
-        name: str,
-        present: dict[int, str],
-        stored: dict[tuple[str, int], tuple[str, Mapping[str, Any] | None]],
-    ) -> None:
-        report = self.report
-        numbers = sorted(present)
-        expected = 1 if self._whole else numbers[0]
-        for n in numbers:
-            key = self._display(present[n])
-            if n > expected:
-                report._add(
-                    "missing_digest",
-                    f"digest {_span(expected, n - 1)} of the stream "
-                    f"{'is' if n - 1 == expected else 'are'} missing",
-                    Location(key, None, name),
-                )
-            expected = n + 1
-            _, doc = stored[name, n]
-            if doc is None:
-                continue
-            link = doc.get("previous_digest")
-            before = stored.get((name, n - 1))
-            if n == 1:
-                if link is not None:
-                    report._add(
-                        "missing_digest",
-                        "the stream's first digest names a previous digest",
-                        Location(key, None, name),
-                    )
-                continue
-            if before is None:
-                continue  # already reported as missing, or out of scope
-            if (
-                not isinstance(link, Mapping)
-                or not isinstance(link.get("key"), str)
-                or _relative(link["key"]) != present[n - 1]
-                or link.get("sha256") != before[0]
-            ):
-                report._add(
-                    "missing_digest",
-                    f"previous_digest does not match the stored digest {n - 1} (it was "
-                    "replaced or altered)",
-                    Location(key, None, name),
-                )
+            self._digests.check(name, n, self._display(rel), body, keys)
+        self._digests.check_links(digests)
 
     # -- event objects ---------------------------------------------------------------------------
 
@@ -934,14 +347,14 @@ class _Verifier:
         mtime = info.mtime.timestamp() if info.mtime is not None else self._now
         name = rel.rsplit("/", 1)[-1]
         match = _WRITER.fullmatch(name.split(".", 1)[0])
-        obj = _Object(key, None if match is None else match.group(1))
+        obj = EventSource(key, None if match is None else match.group(1))
         obj.pending = self._now - mtime < self._grace
         index = len(self._objects)
         self._objects.append(obj)
-        listed = self._listed.get(rel, [])
+        listed = self._digests.listed.get(rel, [])
         for item in listed:
             item.seen = True
-        summaries: dict[str, _ObjectSummary] = {}
+        summaries: dict[str, ObjectSummary] = {}
         sha = ""
         if isinstance(body, Exception):
             report._add("unreadable_object", f"cannot read the object ({body})", Location(key))
@@ -966,41 +379,7 @@ class _Verifier:
                 )
             return
         for item in listed:
-            self._compare(key, sha, body, item, summaries.get(item.stream))
-
-    def _compare(
-        self,
-        key: str,
-        sha: str,
-        body: bytes | Exception,
-        item: _Listed,
-        summary: _ObjectSummary | None,
-    ) -> None:
-        entry = item.entry
-        where = Location(key, None, item.stream)
-        if isinstance(body, Exception):
-            return
-        if sha != entry["sha256"] or len(body) != entry["bytes"]:
-            self.report._add(
-                "modified_object",
-                f"the object's bytes differ from digest {item.digest_key} (sha256 {sha[:16]}..."
-                f", {len(body)} bytes; signed: {str(entry['sha256'])[:16]}..., "
-                f"{entry['bytes']} bytes)",
-                where,
-            )
-            return
-        summary = summary or _ObjectSummary()
-        actual = (summary.events, summary.first_seq, summary.last_seq, summary.last_hash.hex())
-        signed = (entry["events"], entry["first_seq"], entry["last_seq"], entry["last_hash"])
-        if entry["events"] < 0:  # a writer that could not count them (an old spool file)
-            actual = (entry["events"], *actual[1:])
-        if actual != signed:
-            self.report._add(
-                "modified_object",
-                f"digest {item.digest_key} describes events/first/last seq {signed[:3]} but the "
-                f"object holds {actual[:3]}",
-                where,
-            )
+            self._digests.compare(key, sha, body, item, summaries.get(item.stream))
 
     def _check_events(
         self,
@@ -1009,7 +388,7 @@ class _Verifier:
         day: str,
         index: int,
         body: bytes,
-        summaries: dict[str, _ObjectSummary],
+        summaries: dict[str, ObjectSummary],
     ) -> None:
         report = self.report
         key = self._display(rel)
@@ -1037,7 +416,7 @@ class _Verifier:
             if placed is None:
                 continue
             stream, seq, digest = placed
-            summary = summaries.setdefault(stream, _ObjectSummary(first_seq=seq))
+            summary = summaries.setdefault(stream, ObjectSummary(first_seq=seq))
             summary.events += 1
             summary.first_seq = min(summary.first_seq, seq)
             if seq >= summary.last_seq:
@@ -1074,7 +453,7 @@ class _Verifier:
             )
 
     def _check_unseen(self) -> None:
-        for rel, items in self._listed.items():
+        for rel, items in self._digests.listed.items():
             match = _OBJECT.fullmatch(rel)
             if match is not None and not self._in_scope(match.group(1), match.group(2)):
                 continue
@@ -1085,34 +464,6 @@ class _Verifier:
                         f"listed in digest {item.digest_key} but missing from the archive",
                         Location(self._display(rel), None, item.stream),
                     )
-
-
-def _is_seq(value: object) -> bool:
-    return type(value) is int and value >= 1
-
-
-def _is_hex(value: object) -> bool:
-    return isinstance(value, str) and _HEX64.fullmatch(value) is not None
-
-
-def _valid_entry(entry: object) -> bool:
-    return (
-        isinstance(entry, Mapping)
-        and isinstance(entry.get("key"), str)
-        and _is_hex(entry.get("sha256"))
-        and _is_hex(entry.get("last_hash"))
-        and all(type(entry.get(k)) is int for k in ("bytes", "events", "first_seq", "last_seq"))
-    )
-
-
-def _relative(key: str) -> str:
-    """A stored key without the archive prefix (from its ``org_id=`` or ``_integrity`` part on),
-    so digests still match after an archive is copied under another prefix."""
-    parts = key.split("/")
-    for i in range(len(parts) - 1, -1, -1):
-        if parts[i] == INTEGRITY_DIR or (parts[i].startswith("org_id=") and i + 2 < len(parts)):
-            return "/".join(parts[i:])
-    return key
 
 
 def _partition_value(org_id: str) -> str:
@@ -1176,8 +527,8 @@ def verify_events(
     Line order is not checked (log platforms reorder lines).
     """
     report = VerifyReport(complete=gaps)
-    objects = [_Object(source, None)]
-    chains = _Chains(report, objects)
+    objects = [EventSource(source, None)]
+    chains = Chains(report, objects)
     skipped = 0
     for number, raw in enumerate(lines, 1):
         row = _log_event(raw)
