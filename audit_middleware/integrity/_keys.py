@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 _INSTALL = (
-    "signed digests need the 'cryptography' package: pip install 'audit-middleware[integrity]'"
+    "signed digests need the 'cryptography' package: pip install 'audit-log-middleware[integrity]'"
 )
 
 
