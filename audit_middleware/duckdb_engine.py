@@ -48,11 +48,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from audit_middleware._warn import warn_limited
 from audit_middleware.query import (
     _DAY,
     _GLOBAL_ORG,
-    _PARTITION_MAX,
     _SUFFIXES,
     MAX_LIMIT,
     ArchiveCorruptError,
@@ -61,6 +59,7 @@ from audit_middleware.query import (
     _decode_cursor,
     _decode_jsonl,
     _encode_cursor,
+    _parquet_attributable,
     _partition_value,
     _Query,
     _row_key,
@@ -231,18 +230,7 @@ class DuckDBEngine(ArchiveReader):
     def _object(self, query: _Query, value: str, path: str) -> _Object | None:
         if not path.endswith(".parquet"):
             return _Object(path, value, parquet=False)
-        if len(value) >= _PARTITION_MAX:  # possibly truncated: cannot attribute the rows
-            if query.kind == "org":
-                raise ValueError(
-                    "this org id is too long to be isolated in a Parquet archive (its "
-                    "partition directory may be shared with other orgs)"
-                )
-            warn_limited(
-                "query-ambiguous-parquet",
-                "audit archive query: skipped Parquet object %s in a possibly truncated "
-                "org partition",
-                path,
-            )
+        if not _parquet_attributable(query, value, path):
             return None
         return _Object(path, value, parquet=True)
 

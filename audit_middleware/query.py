@@ -328,18 +328,7 @@ class ArchiveReader:
         """The rows of one object, with ``org_id`` set; rows of other orgs are dropped."""
         data = self._read(path)
         if path.endswith(".parquet"):
-            if len(value) >= _PARTITION_MAX:  # possibly truncated: cannot attribute the rows
-                if query.kind == "org":
-                    raise ValueError(
-                        "this org id is too long to be isolated in a Parquet archive (its "
-                        "partition directory may be shared with other orgs)"
-                    )
-                warn_limited(
-                    "query-ambiguous-parquet",
-                    "audit archive query: skipped Parquet object %s in a possibly truncated "
-                    "org partition",
-                    path,
-                )
+            if not _parquet_attributable(query, value, path):
                 return []
             org = None if value == _GLOBAL_ORG else unquote(value)
             if query.org_id is not None and org != query.org_id:
@@ -382,6 +371,27 @@ def _partition_value(org_id: str) -> str:
     from exporters.archive import _partition_value as writer_encoding
 
     return writer_encoding(org_id)
+
+
+def _parquet_attributable(query: _Query, value: str, path: str) -> bool:
+    """Whether the rows of Parquet object ``path`` in partition ``value`` belong to its org.
+
+    A partition value at the writer's length cap may be a truncated org id shared by several
+    orgs: an org query raises ``ValueError``, a search skips the object with a warning.
+    """
+    if len(value) < _PARTITION_MAX:
+        return True
+    if query.kind == "org":
+        raise ValueError(
+            "this org id is too long to be isolated in a Parquet archive (its "
+            "partition directory may be shared with other orgs)"
+        )
+    warn_limited(
+        "query-ambiguous-parquet",
+        "audit archive query: skipped Parquet object %s in a possibly truncated org partition",
+        path,
+    )
+    return False
 
 
 def _check_org(org_id: object) -> str:
