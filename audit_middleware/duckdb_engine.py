@@ -214,11 +214,7 @@ class DuckDBEngine(ArchiveReader):
                     continue
                 if name.startswith(".") or not name.endswith(_SUFFIXES):
                     continue
-                if query.first_day is not None and day < query.first_day:
-                    continue
-                if query.last_day is not None and day > query.last_day:
-                    continue
-                if before_day is not None and day > before_day:
+                if not query.wants_day(day, before_day):
                     continue
                 found.append((day, info.path))
             for day, path in sorted(found):
@@ -397,7 +393,7 @@ class DuckDBEngine(ArchiveReader):
         return out
 
     def _parquet_rows(self, path: str, ids: list[str]) -> list[dict[str, Any]]:
-        from exporters._parquet import _TIMESTAMPS, _plan, _restore_object
+        from exporters._parquet import _TIMESTAMPS, events_from_table
 
         pads = self._pads
         fragment = self._parquet_format.make_fragment(path, self._fs)
@@ -410,13 +406,7 @@ class DuckDBEngine(ArchiveReader):
             )
         except (self._pa.ArrowException, OSError) as exc:
             raise ArchiveCorruptError(f"archive object {path} could not be read: {exc}") from exc
-        plan = _plan()
-        events = []
-        for row in table.to_pylist():
-            for column, text_column in _TIMESTAMPS.items():
-                row[column] = row.pop(text_column)
-            events.append(_restore_object(plan, row))
-        return events
+        return events_from_table(table)
 
 
 def _unquote(value: str) -> str:

@@ -143,6 +143,15 @@ class _Query:
         text = json.dumps(fields, ensure_ascii=True, separators=(",", ":"))
         return hashlib.sha256(text.encode("ascii")).hexdigest()[:32]
 
+    def wants_day(self, day: str, before_day: str | None) -> bool:
+        """Whether day partition ``day`` (``YYYY-MM-DD``) can hold matches: within the query's
+        days and not after ``before_day`` (the cursor's day)."""
+        if self.first_day is not None and day < self.first_day:
+            return False
+        if self.last_day is not None and day > self.last_day:
+            return False
+        return before_day is None or day <= before_day
+
     def matches(self, row: Mapping[str, Any], key: tuple[str, str]) -> bool:
         occurred = key[0]
         if self.since is not None and occurred < self.since:
@@ -305,11 +314,7 @@ class ArchiveReader:
                 day = name[3:]
                 if not _DAY.fullmatch(day):
                     continue
-                if query.first_day is not None and day < query.first_day:
-                    continue
-                if query.last_day is not None and day > query.last_day:
-                    continue
-                if before_day is not None and day > before_day:
+                if not query.wants_day(day, before_day):
                     continue
                 days.setdefault(day, []).append((value, info.path))
         return days

@@ -65,7 +65,14 @@ import orjson
 
 from audit_middleware._schema import load_schema
 
-__all__ = ["PARTITION_COLUMNS", "SORT_COLUMNS", "arrow_schema", "decode_parquet", "encode_parquet"]
+__all__ = [
+    "PARTITION_COLUMNS",
+    "SORT_COLUMNS",
+    "arrow_schema",
+    "decode_parquet",
+    "encode_parquet",
+    "events_from_table",
+]
 
 INSTALL_HINT: Final = "Parquet archives need pyarrow: pip install 'audit-log-middleware[parquet]'"
 
@@ -432,7 +439,12 @@ def decode_parquet(data: bytes) -> list[dict[str, Any]]:
     if not table.schema.equals(schema, check_metadata=False):
         raise ValueError(f"not an audit-event Parquet file of this schema version: {table.schema}")
     # Timestamps come back from their exact text; the millisecond column is not needed.
-    table = table.drop_columns(list(_TIMESTAMPS))
+    return events_from_table(table.drop_columns(list(_TIMESTAMPS)))
+
+
+def events_from_table(table: Any) -> list[dict[str, Any]]:
+    """Event dicts from rows of the archive schema without the millisecond timestamp columns
+    (``occurred_at`` is restored from its exact text, JSON-string columns are parsed)."""
     plan = _plan()
     events = []
     for row in table.to_pylist():
