@@ -171,6 +171,7 @@ class Auditor:
                 "spool directory (AUDIT_LOG_EXPORTERS=archive, AUDIT_LOG_SPOOL_DIR=...)"
             )
         self.enabled = config.enabled
+        self._valid_actions: set[str] = set()  # record() checks each action name once
         _default = self
 
     # -- request path ---------------------------------------------------------------------------
@@ -273,8 +274,13 @@ class Auditor:
 
         Inside a request, the actor, org, client and request details default to that request's.
         """
-        if not is_valid_action(action):
-            raise ValueError(f"invalid action {action!r}: expected lowercase noun.verb[.qualifier]")
+        if action not in self._valid_actions:
+            if not is_valid_action(action):
+                raise ValueError(
+                    f"invalid action {action!r}: expected lowercase noun.verb[.qualifier]"
+                )
+            if len(self._valid_actions) < 10_000:
+                self._valid_actions.add(action)
         if outcome not in OUTCOMES:
             raise ValueError(f"outcome must be one of {OUTCOMES}, got {outcome!r}")
         if not self.enabled:
@@ -290,15 +296,15 @@ class Auditor:
                 org_id = ctx.org_id if org_was_set(ctx) else self._org_from_context(ctx)
         self._submit(
             ExplicitRecord(
-                action=action,
-                outcome=outcome,
-                actor=actor,
-                target=target,
-                org_id=org_id,
-                metadata=dict(metadata or {}),
-                occurred_ns=time.time_ns(),
-                context=ctx,
-                trace=None if self.capture_trace is None else self.capture_trace(),
+                action,
+                outcome,
+                actor,
+                target,
+                org_id,
+                dict(metadata) if metadata else {},
+                time.time_ns(),
+                ctx,
+                None if self.capture_trace is None else self.capture_trace(),
             )
         )
 

@@ -11,9 +11,8 @@ import functools
 import re
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 from urllib.parse import parse_qsl
 
 import orjson
@@ -52,9 +51,8 @@ _METHODS: Final = frozenset(
 _EMPTY: Final[Mapping[str, Any]] = MappingProxyType({})
 
 
-@dataclass(frozen=True, slots=True)
-class ExplicitRecord:
-    """An event named by ``record(...)``; ``org_id`` is ``...`` when not given."""
+class ExplicitRecord(NamedTuple):
+    """An event named by ``record(...)`` (a named tuple: built on the caller's thread)."""
 
     action: str
     outcome: Outcome
@@ -86,6 +84,7 @@ class EventBuilder:
         self.org_sources = tuple(org_sources)
         self._always_values = jwt is not None or bool(self.org_sources)
         self._allowed_headers = redactor.allowed_header_names
+        self._trust_proxies = config.trusted_proxies.enabled
         # Requests repeat routes and clients: bounded caches of pure functions of their inputs.
         self._match = functools.lru_cache(maxsize=4096)(rules.match)
         self._client = functools.lru_cache(maxsize=4096)(self._client_uncached)
@@ -96,10 +95,10 @@ class EventBuilder:
         """Build the event for a queued item, or None when policy says not to audit it."""
         if type(item) is RequestContext:
             return self._from_request(item)
+        if type(item) is ExplicitRecord:
+            return self._from_record(item)
         if isinstance(item, AuditEvent):
             return item
-        if isinstance(item, ExplicitRecord):
-            return self._from_record(item)
         raise TypeError(f"cannot build an audit event from {type(item).__name__}")
 
     # -- requests -----------------------------------------------------------------------------
@@ -190,12 +189,12 @@ class EventBuilder:
             _clean_short(path, MAX_PATH) if len(path) <= 1024 else clean_text(path, MAX_PATH),
             None if route is None else _clean_short(route, MAX_PATH),
             status,
-            None if ctx is None else round(ctx.duration_ns / 1e6, 3),
+            None if ctx is None else (ctx.duration_ns + 500) // 1000 / 1000,  # ms, 3 decimals
             None if ctx is None else ctx.completed,
             self.redactor.query(view.query) if view.query else _EMPTY,
             self._headers(tuple(picked)) if picked else _EMPTY,
         )
-        if self.config.trusted_proxies.enabled:
+        if self._trust_proxies:
             client = self._client_uncached(view.peer, user_agent, view.headers)
         elif user_agent is None or len(user_agent) <= 1024:
             client = self._client(view.peer, user_agent, ())
@@ -269,17 +268,18 @@ class EventBuilder:
             params = {str(k): str(v) for k, v in view.path_params.items()}
             request, client = self._request_info(view, params, view.route, event_id, None, None)
         return AuditEvent(
-            id=event_id,
-            occurred_at=format_timestamp(rec.occurred_ns),
-            action=rec.action,
-            outcome=rec.outcome,
-            actor=rec.actor,
-            org_id=None if rec.org_id is None else self._org(rec.org_id),
-            target=rec.target,
-            request=request,
-            client=client,
-            metadata=self.redactor.metadata(rec.metadata) if rec.metadata else {},
-            trace=rec.trace,
+            event_id,
+            format_timestamp(rec.occurred_ns),
+            rec.action,
+            rec.outcome,
+            rec.actor,
+            None if rec.org_id is None else self._org(rec.org_id),
+            rec.target,
+            request,
+            client,
+            None,
+            self.redactor.metadata(rec.metadata) if rec.metadata else _EMPTY,
+            rec.trace,
         )
 
 
@@ -292,19 +292,14 @@ def _clean_short(text: str, max_length: int) -> str:
 def _scan_headers(
     headers: Sequence[tuple[bytes, bytes]], allowed: frozenset[bytes]
 ) -> tuple[bytes | None, bytes | None, list[tuple[bytes, bytes]]]:
-    """One pass: the User-Agent, the X-Request-ID and the allow-listed headers."""
-    user_agent = request_id = None
-    picked: list[tuple[bytes, bytes]] = []
+    """The User-Agent, the X-Request-ID (the last of each) and the allow-listed headers."""
     try:
-        for name, value in headers:
-            if name == b"user-agent":
-                user_agent = value
-            elif name == b"x-request-id":
-                request_id = value
-            if name in allowed:
-                picked.append((name, value))
+        by_name = dict(headers)
+        picked = [(name, value) for name, value in headers if name in allowed]
     except (TypeError, ValueError):  # malformed items from a buggy server: skip them
         return _scan_headers([h for h in headers if _is_header(h)], allowed)
+    user_agent = by_name.get(b"user-agent")
+    request_id = by_name.get(b"x-request-id")
     return (
         user_agent if type(user_agent) is bytes else None,
         request_id if type(request_id) is bytes else None,

@@ -22,22 +22,23 @@ def uuid7(unix_ns: int | None = None) -> str:
     """
     global _last_ms, _counter
     ms = (time.time_ns() if unix_ns is None else unix_ns) // 1_000_000
-    rand = random.getrandbits(73)
     with _lock:
         if ms == _last_ms and _counter < 0xFFF:
             _counter += 1
             counter = _counter
         else:
-            counter = rand >> 62  # random 11-bit start leaves room to count upwards
+            counter = random.getrandbits(11)  # a random start leaves room to count upwards
             if ms >= _last_ms:
                 _last_ms = ms
                 _counter = counter
     # 48-bit ms | version 7 + 12-bit counter | variant 10 + 62 random bits
-    ms &= 0xFFFF_FFFF_FFFF
-    return (
-        f"{ms >> 16:08x}-{ms & 0xFFFF:04x}-{0x7000 | counter:04x}-"
-        f"{0x8000 | (rand >> 48) & 0x3FFF:04x}-{rand & 0xFFFF_FFFF_FFFF:012x}"
+    h = "%032x" % (  # the fastest way to 32 hex digits
+        (ms & 0xFFFF_FFFF_FFFF) << 80
+        | (0x7000 | counter) << 64
+        | 0x8000_0000_0000_0000
+        | random.getrandbits(62)
     )
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 _ts_cache: tuple[int, str] = (-1, "")

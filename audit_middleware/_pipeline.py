@@ -25,6 +25,7 @@ from typing import Final
 from audit_middleware._config import OverflowPolicy
 from audit_middleware._event import AuditEvent
 from audit_middleware._export import Exporter, ExportResult
+from audit_middleware._lines import EventBatch, event_line, new_batch
 from audit_middleware._warn import logger, warn_limited
 
 __all__ = ["DeliveryPipeline", "ExporterStats", "PipelineStats"]
@@ -212,6 +213,9 @@ class DeliveryPipeline:
         on_built: Callable[[AuditEvent], None] | None = None,
     ) -> None:
         self._exporters = tuple(exporters)
+        #: Render each event's canonical line once, in the dispatcher, when an exporter writes
+        #: lines (events the chain sealed come rendered already).
+        self.render_lines = any(getattr(e, "writes_lines", False) for e in self._exporters)
         self._build = build
         self._on_built = on_built
         self.queue_size = queue_size
@@ -309,7 +313,8 @@ class DeliveryPipeline:
         build = self._build
         on_built = self._on_built
         batch_size = self.batch_size
-        batch: list[AuditEvent] = []
+        render = self.render_lines
+        batch = new_batch()
         while queue:
             try:
                 item = queue.popleft()
@@ -317,7 +322,7 @@ class DeliveryPipeline:
                 break
             if type(item) is _Marker:
                 self._dispatch(batch)
-                batch = []
+                batch = new_batch()
                 for lane in self._lanes:
                     lane.put(item)
                 if item.stop:
@@ -334,13 +339,21 @@ class DeliveryPipeline:
                 if on_built is not None and event is not item:
                     on_built(event)
                 batch.append(event)
+            lines = batch.lines
+            if lines is not None:
+                if type(events) is EventBatch and events.lines is not None:
+                    lines.extend(events.lines)
+                elif render:
+                    lines.extend([event_line(event) for event in events])
+                else:
+                    batch.lines = None
             if len(batch) >= batch_size:
                 self._dispatch(batch)
-                batch = []
+                batch = new_batch()
         self._dispatch(batch)
         return False
 
-    def _dispatch(self, batch: list[AuditEvent]) -> None:
+    def _dispatch(self, batch: EventBatch) -> None:
         if batch:
             for lane in self._lanes:
                 lane.put(batch)

@@ -32,10 +32,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-import orjson
-
 from audit_middleware._event import AuditEvent
 from audit_middleware._export import ExportResult
+from audit_middleware._lines import batch_lines
 from audit_middleware._warn import logger, warn_limited
 from audit_middleware.integrity._chain import ChainHead
 from audit_middleware.integrity._keys import SigningKey
@@ -66,6 +65,9 @@ class ArchiveStats:
 
 class ArchiveExporter:
     """Write audit events to ``url`` (``s3://bucket/prefix`` or a directory)."""
+
+    #: Batches from the pipeline come with each event's canonical line rendered.
+    writes_lines = True
 
     def __init__(
         self,
@@ -203,20 +205,23 @@ class ArchiveExporter:
                 return ExportResult.SUCCESS
         spool = self._ensure_started()
         now = time.time()
-        groups: dict[tuple[str, str], list[AuditEvent]] = {}
-        for event in batch:
+        groups: dict[tuple[str, str], list[tuple[AuditEvent, bytes]]] = {}
+        for event, line in zip(batch, batch_lines(batch), strict=True):
             org = GLOBAL_ORG if event.org_id is None else _partition_value(event.org_id)
-            groups.setdefault((org, event.occurred_at[:10]), []).append(event)
+            groups.setdefault((org, event.occurred_at[:10]), []).append((event, line))
         try:
             for (org, day), unordered in groups.items():
-                events = _in_seq_order(unordered)
+                pairs = _in_seq_order(unordered)
                 partition = f"{org}/{day}"
-                while events:  # no object holds more than max_events
+                while pairs:  # no object holds more than max_events
                     room = self.max_events - spool.open_events(partition)
-                    chunk, events = events[:room], events[room:]
-                    lines = [orjson.dumps(event.to_dict()) + b"\n" for event in chunk]
+                    chunk, pairs = pairs[:room], pairs[room:]
                     segment = spool.append(
-                        partition, _KeyMaker(self, org, day), lines, now, _span(chunk)
+                        partition,
+                        _KeyMaker(self, org, day),
+                        [line + b"\n" for _, line in chunk],
+                        now,
+                        _span(chunk),
                     )
                     if segment.events >= self.max_events or segment.size >= self.max_bytes:
                         spool.seal(partition)
@@ -411,22 +416,23 @@ class _KeyMaker:
         return self._exporter._next_key(self._org, self._day)
 
 
-def _span(events: Sequence[AuditEvent]) -> ChainSpan | None:
+def _span(pairs: Sequence[tuple[AuditEvent, bytes]]) -> ChainSpan | None:
     """The chain span of events of one stream in ascending ``seq`` (None without integrity)."""
-    first, last = events[0].integrity, events[-1].integrity
+    first, last = pairs[0][0].integrity, pairs[-1][0].integrity
     if first is None or last is None:
         return None
     return ChainSpan(first["stream"], first["seq"], last["seq"], last["hash"])
 
 
-def _in_seq_order(events: list[AuditEvent]) -> list[AuditEvent]:
-    """``events`` sorted by chain position when they carry one and are not already in order."""
-    if events[0].integrity is None:
-        return events
-    seqs = [e.integrity["seq"] if e.integrity is not None else 0 for e in events]
+def _in_seq_order(pairs: list[tuple[AuditEvent, bytes]]) -> list[tuple[AuditEvent, bytes]]:
+    """``(event, line)`` pairs sorted by chain position when the events carry one and are not
+    already in order."""
+    if pairs[0][0].integrity is None:
+        return pairs
+    seqs = [e.integrity["seq"] if e.integrity is not None else 0 for e, _ in pairs]
     if all(a < b for a, b in itertools.pairwise(seqs)):
-        return events
-    return [e for _, e in sorted(zip(seqs, events, strict=True), key=lambda p: p[0])]
+        return pairs
+    return [p for _, p in sorted(zip(seqs, pairs, strict=True), key=lambda p: p[0])]
 
 
 def _encode_jsonl(raw: bytes) -> bytes:

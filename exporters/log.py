@@ -19,8 +19,12 @@ from structlog.typing import Processor
 
 from audit_middleware._event import AuditEvent
 from audit_middleware._export import ExportResult
+from audit_middleware._lines import batch_lines
 
 __all__ = ["StructlogExporter"]
+
+
+_TAIL = b',"logger":"audit","level":"info"}\n'
 
 
 def _render(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> bytes:
@@ -28,11 +32,15 @@ def _render(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> b
 
 
 class StructlogExporter:
-    """Write each event as one JSON log line: the event's fields plus ``event`` (the action),
-    ``logger`` (``"audit"``) and ``level`` (``"info"``).
+    """Write each event as one JSON log line: the event's canonical JSON (null members left
+    out, keys sorted, ``integrity.hash`` included) plus ``event`` (the action), ``logger``
+    (``"audit"``) and ``level`` (``"info"``).
 
     ``output`` is ``"stdout"``, ``"stderr"``, a file path (appended to) or a binary file object.
     """
+
+    #: Batches from the pipeline come with each event's canonical line rendered.
+    writes_lines = True
 
     def __init__(
         self,
@@ -71,28 +79,25 @@ class StructlogExporter:
 
     def export(self, batch: Sequence[AuditEvent]) -> ExportResult:
         """Render and write the batch; FAILURE (retried) if the write fails."""
+        rendered_lines = batch_lines(batch)
         if self._app_logger is not None:
-            for event in batch:
-                self._app_logger.info(event.action, **event.to_dict())
+            for event, line in zip(batch, rendered_lines, strict=True):
+                self._app_logger.info(event.action, **orjson.loads(line))
             return ExportResult.SUCCESS
         lines: list[bytes] = []
         chain = self._chain
         if len(chain) == 2:  # no extra processors: what add_log_level + _render would produce
             dumps = orjson.dumps
-            for event in batch:
-                data = event.to_dict()
+            for event, line in zip(batch, rendered_lines, strict=True):
+                lines.append(b'%b,"event":%b%b' % (line[:-1], dumps(event.action), _TAIL))
+        else:
+            for event, line in zip(batch, rendered_lines, strict=True):
+                data: Any = orjson.loads(line)
                 data["event"] = event.action
                 data["logger"] = "audit"
-                data["level"] = "info"
-                lines.append(dumps(data, default=str) + b"\n")
-        else:
-            for event in batch:
-                rendered: Any = event.to_dict()
-                rendered["event"] = event.action
-                rendered["logger"] = "audit"
                 for processor in chain:
-                    rendered = processor(None, "info", rendered)
-                lines.append(rendered)
+                    data = processor(None, "info", data)
+                lines.append(data)
         try:
             out = self._target()
             out.write(b"".join(lines))

@@ -422,6 +422,26 @@ def test_the_chain_hashes_exactly_the_documented_canonical_form(event: AuditEven
     assert event_hash(data, integrity["stream"], 1, GENESIS) == integrity["hash"]
 
 
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(events=st.lists(_events_strategy, min_size=1, max_size=3))
+def test_lines_rendered_while_sealing_are_exactly_the_events_json(
+    events: list[AuditEvent],
+) -> None:
+    from audit_middleware._lines import batch_lines, event_line, full_document
+
+    sealed = EventChain().seal(events)
+    assert sealed.lines is not None
+    assert len(sealed.lines) == len(events)
+    for event, line in zip(sealed, sealed.lines, strict=True):
+        assert line == orjson.dumps(event.to_dict())
+        assert event_line(event) == line
+        assert full_document(event) == {
+            k: v for k, v in event.to_dict().items() if k != "integrity"
+        }
+    assert batch_lines(sealed) is sealed.lines
+    assert batch_lines(list(sealed)) == sealed.lines  # rendered on demand without them
+
+
 def test_a_forked_worker_writes_its_own_stream(tmp_path: Path) -> None:
     # gunicorn --preload: the auditor is built in the master and used in forked workers.
     key = generate_signing_key()

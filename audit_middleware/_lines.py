@@ -1,0 +1,134 @@
+"""Events as JSON lines, rendered once per event for every exporter that writes lines.
+
+A line is ``orjson.dumps(event.to_dict())``: every schema field, in the schema's order, absent
+values as ``null``. The dispatcher renders it (the hash chain right after hashing the event) and
+the pipeline hands the lines to the exporters with the batch (:class:`EventBatch`), so the log
+and the archive write them without serializing the event again. The parts of events that the
+builder shares between requests (client, headers) are converted once and remembered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Final
+
+import orjson
+
+from audit_middleware._event import AuditEvent, RequestInfo
+
+__all__ = ["EventBatch", "IdentityCache", "batch_lines", "event_line", "full_document", "new_batch"]
+
+_CACHE_SIZE: Final = 4096
+
+
+class EventBatch(list[AuditEvent]):
+    """A batch of events with their :func:`event_line` renderings, index for index
+    (``lines`` is None when they were not all rendered). Make one with :func:`new_batch`."""
+
+    __slots__ = ("lines",)
+    lines: list[bytes] | None
+
+
+def new_batch() -> EventBatch:
+    """An empty :class:`EventBatch` with an empty list of lines."""
+    batch = EventBatch()
+    batch.lines = []
+    return batch
+
+
+def batch_lines(batch: Sequence[AuditEvent]) -> list[bytes]:
+    """The lines of ``batch``: rendered already when it is a complete :class:`EventBatch`."""
+    if type(batch) is EventBatch:
+        lines = batch.lines
+        if lines is not None and len(lines) == len(batch):
+            return lines
+    return [event_line(event) for event in batch]
+
+
+def event_line(event: AuditEvent) -> bytes:
+    """``orjson.dumps(event.to_dict())``, faster; no trailing newline."""
+    data = full_document(event)
+    integrity = event.integrity
+    data["integrity"] = None if integrity is None else dict(integrity)
+    return orjson.dumps(data)
+
+
+def full_document(event: AuditEvent) -> dict[str, Any]:
+    """``event.to_dict()`` without its last member, ``integrity`` (hot path: tested equal).
+    Nested parts may be shared between documents: serialize them, do not change them."""
+    actor = event.actor
+    who: dict[str, Any] = {"id": actor.id, "type": actor.type}
+    if actor.email is not None:
+        who["email"] = actor.email
+    if actor.name is not None:
+        who["name"] = actor.name
+    target = event.target
+    request = event.request
+    client = event.client
+    part = None
+    if client is not None:
+        part = _full_clients.get(client)
+        if part is None:
+            part = _full_clients.put(client, client.to_dict())
+    trace = event.trace
+    return {
+        "schema_version": event.schema_version,
+        "id": event.id,
+        "occurred_at": event.occurred_at,
+        "action": event.action,
+        "outcome": event.outcome,
+        "org_id": event.org_id,
+        "actor": who,
+        "target": None if target is None else {"type": target.type, "id": target.id},
+        "request": None if request is None else _full_request(request),
+        "client": part,
+        "error": None if event.error is None else {"type": event.error.type},
+        "metadata": dict(event.metadata),
+        "trace": None if trace is None else dict(trace),
+    }
+
+
+def _full_request(request: RequestInfo) -> dict[str, Any]:
+    headers = request.headers
+    flat = _full_mappings.get(headers)  # the builder shares one mapping per header set
+    if flat is None:
+        flat = _full_mappings.put(headers, dict(headers))
+    return {
+        "id": request.id,
+        "method": request.method,
+        "route": request.route,
+        "path": request.path,
+        "status": request.status,
+        "duration_ms": request.duration_ms,
+        "completed": request.completed,
+        "query": dict(request.query),
+        "headers": flat,
+    }
+
+
+class IdentityCache:
+    """Parts of events that repeat as the very same objects (cached by the builder): their
+    canonical parts, remembered by identity. Each entry keeps its object alive, so an ``id``
+    cannot be reused while it is cached."""
+
+    __slots__ = ("_entries",)
+
+    def __init__(self) -> None:
+        self._entries: dict[int, tuple[object, Any]] = {}
+
+    def get(self, obj: object) -> Any:
+        hit = self._entries.get(id(obj))
+        return hit[1] if hit is not None and hit[0] is obj else None
+
+    def put(self, obj: object, part: Any) -> Any:
+        entries = self._entries
+        if len(entries) >= _CACHE_SIZE:
+            entries.clear()
+        entries[id(obj)] = (obj, part)
+        return part
+
+
+# Shared parts are only ever serialized, never changed (under the GIL, a racing put at worst
+# recomputes a part).
+_full_clients = IdentityCache()
+_full_mappings = IdentityCache()

@@ -1,0 +1,126 @@
+"""Lines rendered once in the dispatcher reach every line exporter unchanged."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from types import MappingProxyType
+
+import orjson
+
+from audit_middleware import Actor, Auditor
+from audit_middleware._event import AuditEvent, ClientInfo, RequestInfo
+from audit_middleware._export import ExportResult
+from audit_middleware._lines import EventBatch, IdentityCache, batch_lines, new_batch
+from exporters.log import StructlogExporter
+
+
+def _event(n: int, client: ClientInfo, headers: MappingProxyType[str, str]) -> AuditEvent:
+    return AuditEvent(
+        f"id-{n}",
+        "2026-11-27T10:00:00.000000Z",
+        "doc.updated",
+        "success",
+        Actor(f"u{n}"),
+        request=RequestInfo(f"r{n}", "POST", "/docs", headers=headers),
+        client=client,
+    )
+
+
+def test_the_identity_cache_answers_only_for_the_very_same_object() -> None:
+    cache = IdentityCache()
+    first, equal_twin = ClientInfo("10.0.0.1"), ClientInfo("10.0.0.1")
+    cache.put(first, {"ip": "10.0.0.1"})
+    assert cache.get(first) == {"ip": "10.0.0.1"}
+    assert cache.get(equal_twin) is None
+
+
+def test_shared_parts_render_each_event_correctly() -> None:
+    """Two clients and two header sets, shared between events as the builder shares them."""
+    clients = [ClientInfo("10.0.0.1", "10.0.0.1", "a"), ClientInfo("10.0.0.2", None, None)]
+    headers = [MappingProxyType({"host": "x"}), MappingProxyType({})]
+    events = [_event(n, clients[n % 2], headers[n // 2 % 2]) for n in range(8)]
+    lines = batch_lines(events)
+    assert lines == [orjson.dumps(e.to_dict()) for e in events]
+
+
+def test_a_batch_with_missing_or_stale_lines_is_rendered_again() -> None:
+    client, headers = ClientInfo("10.0.0.1"), MappingProxyType({"host": "x"})
+    events = [_event(n, client, headers) for n in range(3)]
+    partial = EventBatch(events)
+    partial.lines = [b"{}"]  # fewer lines than events: not trusted
+    assert batch_lines(partial) == [orjson.dumps(e.to_dict()) for e in events]
+    none = EventBatch(events)
+    none.lines = None
+    assert batch_lines(none) == [orjson.dumps(e.to_dict()) for e in events]
+
+
+def test_the_log_line_is_the_same_with_or_without_prerendered_lines() -> None:
+    client, headers = ClientInfo("10.0.0.1"), MappingProxyType({"host": "x"})
+    events = [_event(n, client, headers) for n in range(3)]
+    rendered = new_batch()
+    rendered.extend(events)
+    assert rendered.lines is not None
+    rendered.lines.extend(orjson.dumps(e.to_dict()) for e in events)
+    outputs = []
+    for batch in (rendered, list(events)):
+        out = io.BytesIO()
+        StructlogExporter(output=out).export(batch)
+        outputs.append(out.getvalue())
+    assert outputs[0] == outputs[1]
+    first = orjson.loads(outputs[0].splitlines()[0])
+    assert first == {
+        **events[0].to_dict(),
+        "event": "doc.updated",
+        "logger": "audit",
+        "level": "info",
+    }
+
+
+def test_the_pipeline_hands_sealed_lines_to_the_exporters() -> None:
+    seen: list[tuple[bool, list[bytes]]] = []
+
+    class LineExporter:
+        writes_lines = True
+
+        def export(self, batch: Sequence[AuditEvent]) -> ExportResult:
+            is_rendered = type(batch) is EventBatch and batch.lines is not None
+            seen.append((is_rendered, batch_lines(batch)))
+            assert [orjson.loads(x) for x in batch_lines(batch)] == [e.to_dict() for e in batch]
+            return ExportResult.SUCCESS
+
+        def force_flush(self, timeout: float | None = None) -> bool:
+            return True
+
+        def shutdown(self, timeout: float | None = None) -> None:
+            return None
+
+    for integrity in (True, False):
+        seen.clear()
+        auditor = Auditor(exporters=[LineExporter()], integrity=integrity, environ={})
+        for n in range(5):
+            auditor.record("doc.updated", actor=Actor(f"u{n}"), metadata={"n": n})
+        assert auditor.force_flush(5)
+        auditor.shutdown(5)
+        assert sum(len(lines) for _, lines in seen) == 5
+        assert all(is_rendered for is_rendered, _ in seen)  # rendered once, in the dispatcher
+
+
+def test_uuid7_ids_carry_time_version_variant_and_sort_in_creation_order() -> None:
+    import time
+    import uuid
+
+    from audit_middleware._ids import uuid7
+
+    ns = time.time_ns()
+    ids = [uuid7(ns) for _ in range(1000)]  # one millisecond: the counter orders them
+    assert len(set(ids)) == len(ids)
+    assert ids == sorted(ids)  # starts below 2048: 1000 more fit in the 12-bit counter
+    for text in ids[:50]:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text
+        assert parsed.version == 7
+        assert parsed.variant == uuid.RFC_4122
+        assert parsed.int >> 80 == ns // 1_000_000
+    later = uuid7(ns + 2_000_000)
+    assert later > ids[-1]
