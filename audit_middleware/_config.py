@@ -58,6 +58,7 @@ ENV: Final[Mapping[str, str]] = {
     "AUDIT_LOG_ARCHIVE_MAX_EVENTS": "10000",
     "AUDIT_LOG_ARCHIVE_MAX_BYTES": "8388608",
     "AUDIT_LOG_ARCHIVE_MAX_AGE": "60",
+    "AUDIT_LOG_ARCHIVE_GZIP_LEVEL": "3",
     "AUDIT_LOG_SPOOL_DIR": "",
     "AUDIT_LOG_SPOOL_MAX_BYTES": "1073741824",
     "AUDIT_LOG_RETENTION_DAYS": "90",
@@ -113,6 +114,7 @@ class AuditConfig:
     archive_max_events: int
     archive_max_bytes: int
     archive_max_age: float
+    archive_gzip_level: int
     spool_dir: str
     spool_max_bytes: int
     retention_days: int
@@ -183,6 +185,9 @@ class AuditConfig:
                 "archive_max_bytes", "AUDIT_LOG_ARCHIVE_MAX_BYTES", _int(1024, 5 << 30)
             ),
             archive_max_age=r.get("archive_max_age", "AUDIT_LOG_ARCHIVE_MAX_AGE", _seconds),
+            archive_gzip_level=r.get(
+                "archive_gzip_level", "AUDIT_LOG_ARCHIVE_GZIP_LEVEL", _int(1, 9)
+            ),
             spool_dir=r.get("spool_dir", "AUDIT_LOG_SPOOL_DIR", _text),
             spool_max_bytes=r.get("spool_max_bytes", "AUDIT_LOG_SPOOL_MAX_BYTES", _int(1, 1 << 50)),
             retention_days=r.get("retention_days", "AUDIT_LOG_RETENTION_DAYS", _int(1, 36500)),

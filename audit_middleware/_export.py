@@ -25,6 +25,14 @@ class Exporter(Protocol):
     ``export`` may block on I/O; the pipeline never waits on it from the request path.
     Raising is treated as ``FAILURE``. Timeouts are in seconds; ``None`` means the exporter's own
     default.
+
+    Two optional class attributes tune the pipeline (both default to False):
+
+    * ``writes_lines``: the exporter writes each event as ``orjson.dumps(event.to_dict())``
+      plus a newline. The pipeline then renders those lines once, in its dispatcher, and passes
+      them with the batch; read them with ``audit_middleware._lines.batch_lines(batch)``.
+    * ``merges_batches``: batches that queued up while an ``export`` call was busy may be
+      merged into one larger call (up to 8,192 events), e.g. to write and fsync once for all.
     """
 
     def export(self, batch: Sequence[AuditEvent]) -> ExportResult:

@@ -1,10 +1,15 @@
 """Events as JSON lines, rendered once per event for every exporter that writes lines.
 
-A line is ``orjson.dumps(event.to_dict())``: every schema field, in the schema's order, absent
-values as ``null``. The dispatcher renders it (the hash chain right after hashing the event) and
-the pipeline hands the lines to the exporters with the batch (:class:`EventBatch`), so the log
-and the archive write them without serializing the event again. The parts of events that the
-builder shares between requests (client, headers) are converted once and remembered.
+A line is ``orjson.dumps(event.to_dict()) + b"\\n"``: every schema field, in the schema's order,
+absent values as ``null``. The dispatcher renders it (the hash chain right after hashing the
+event) and the pipeline hands the lines to the exporters with the batch (:class:`EventBatch`),
+so the log and the archive write them without serializing the event again. The parts of
+events that the builder shares between requests (client, headers) are converted once and
+remembered.
+
+Appending the newline also copies orjson's output into an object of exact size: the bytes
+orjson returns can sit in a much larger allocation (about 8 KiB), which adds up when lines
+wait in a backlog.
 """
 
 from __future__ import annotations
@@ -46,11 +51,11 @@ def batch_lines(batch: Sequence[AuditEvent]) -> list[bytes]:
 
 
 def event_line(event: AuditEvent) -> bytes:
-    """``orjson.dumps(event.to_dict())``, faster; no trailing newline."""
+    """``orjson.dumps(event.to_dict()) + b"\\n"``, faster."""
     data = full_document(event)
     integrity = event.integrity
     data["integrity"] = None if integrity is None else dict(integrity)
-    return orjson.dumps(data)
+    return orjson.dumps(data) + b"\n"
 
 
 def full_document(event: AuditEvent) -> dict[str, Any]:

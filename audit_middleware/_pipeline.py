@@ -32,6 +32,7 @@ __all__ = ["DeliveryPipeline", "ExporterStats", "PipelineStats"]
 
 _BACKOFF_BASE_S: Final = 0.1
 _BACKOFF_CAP_S: Final = 5.0
+_MERGE_UP_TO: Final = 8192
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,16 +91,21 @@ class _Marker:
 class _Lane:
     """One exporter's thread, backlog and counters."""
 
-    def __init__(self, exporter: Exporter, name: str, max_pending: int, retries: int) -> None:
+    def __init__(
+        self, exporter: Exporter, name: str, max_pending: int, retries: int, merge_up_to: int
+    ) -> None:
         self.exporter = exporter
         self.name = name
         self.max_pending = max_pending
         self.retries = retries
+        #: Batches that queued up behind a slow export are merged, up to this many events, when
+        #: the exporter allows it (``merges_batches``): fewer, larger writes (one fsync each).
+        self.merge_up_to = merge_up_to if getattr(exporter, "merges_batches", False) else 0
         self.exported = 0
         self.retried = 0
         self.dropped = 0
         self.pending = 0
-        self._items: collections.deque[list[AuditEvent] | _Marker] = collections.deque()
+        self._items: collections.deque[EventBatch | _Marker] = collections.deque()
         self._cond = threading.Condition()
         self._stopping = threading.Event()
         self._deadline = float("inf")
@@ -111,7 +117,7 @@ class _Lane:
         )
         self.thread.start()
 
-    def put(self, item: list[AuditEvent] | _Marker) -> None:
+    def put(self, item: EventBatch | _Marker) -> None:
         with self._cond:
             if isinstance(item, list):
                 if self.pending + len(item) > self.max_pending:
@@ -139,6 +145,8 @@ class _Lane:
                 while not self._items:
                     self._cond.wait()
                 item = self._items.popleft()
+                if self.merge_up_to and type(item) is EventBatch:
+                    item = self._merge_waiting(item)
             if isinstance(item, _Marker):
                 remaining = max(0.0, item.deadline - time.monotonic())
                 try:
@@ -156,7 +164,29 @@ class _Lane:
                 continue
             self._export(item)
 
-    def _export(self, batch: list[AuditEvent]) -> None:
+    def _merge_waiting(self, batch: EventBatch) -> EventBatch:
+        """``batch`` plus the batches queued right behind it, up to ``merge_up_to`` events."""
+        items = self._items
+        if not items or type(items[0]) is not EventBatch:
+            return batch
+        merged = new_batch()
+        lines = merged.lines
+        assert lines is not None
+        while True:
+            merged.extend(batch)
+            if lines is not None:
+                if batch.lines is None:
+                    merged.lines = lines = None
+                else:
+                    lines.extend(batch.lines)
+            if not items or type(items[0]) is not EventBatch:
+                break
+            if len(merged) + len(items[0]) > self.merge_up_to:
+                break
+            batch = items.popleft()  # type: ignore[assignment]
+        return merged
+
+    def _export(self, batch: EventBatch) -> None:
         attempt = 0
         while True:
             try:
@@ -245,7 +275,15 @@ class DeliveryPipeline:
             names[name] = names.get(name, 0) + 1
             if names[name] > 1:
                 name = f"{name}#{names[name]}"
-            self._lanes.append(_Lane(exporter, name, self.queue_size, self.export_retries))
+            self._lanes.append(
+                _Lane(
+                    exporter,
+                    name,
+                    self.queue_size,
+                    self.export_retries,
+                    merge_up_to=max(self.batch_size, _MERGE_UP_TO),
+                )
+            )
 
     # -- request path ---------------------------------------------------------------------------
 

@@ -58,6 +58,7 @@ def create_exporter(
             retention_days=config.retention_days,
             object_lock=lock if lock in (None, "auto") else lock.upper(),
             format=config.archive_format,
+            gzip_level=config.archive_gzip_level,
             signing_key=_signing_key(environ),
             digest_interval=config.digest_interval,
         )

@@ -39,8 +39,10 @@ class StructlogExporter:
     ``output`` is ``"stdout"``, ``"stderr"``, a file path (appended to) or a binary file object.
     """
 
-    #: Batches from the pipeline come with each event's canonical line rendered.
+    #: Batches from the pipeline come with each event's JSON line rendered, and batches that
+    #: queued up behind a slow write are merged into one (one write, one fsync per partition).
     writes_lines = True
+    merges_batches = True
 
     def __init__(
         self,
@@ -89,7 +91,7 @@ class StructlogExporter:
         if len(chain) == 2:  # no extra processors: what add_log_level + _render would produce
             dumps = orjson.dumps
             for event, line in zip(batch, rendered_lines, strict=True):
-                lines.append(b'%b,"event":%b%b' % (line[:-1], dumps(event.action), _TAIL))
+                lines.append(b'%b,"event":%b%b' % (line[:-2], dumps(event.action), _TAIL))
         else:
             for event, line in zip(batch, rendered_lines, strict=True):
                 data: Any = orjson.loads(line)

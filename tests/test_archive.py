@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 import pytest
 
-from audit_middleware import Auditor, Target
+from audit_middleware import AuditConfigError, Auditor, Target
 from exporters.archive import GLOBAL_ORG, ArchiveExporter
 from tests.conftest import MemoryAuditor
 from tests.s3_server import S3Endpoint
@@ -166,7 +166,7 @@ def test_spool_cap_refuses_and_counts(
 
 _WRITER = """
 import os, sys, time
-from audit_middleware import Auditor, Target
+from audit_middleware import AuditConfigError, Auditor, Target
 from exporters.archive import ArchiveExporter
 archive = ArchiveExporter(sys.argv[1], spool_dir=sys.argv[2], max_age=3600)
 a = Auditor(exporters=[archive], batch_interval=0.01, environ={})
@@ -265,6 +265,33 @@ def test_archive_selected_by_name_from_the_environment(tmp_path: Path) -> None:
     assert sum(len(rows) for rows in objects.values()) == 5
     assert len(objects) == 3
     auditor.shutdown(timeout=5)
+
+
+def test_the_gzip_level_is_configurable_and_changes_only_the_size(tmp_path: Path) -> None:
+    sizes = {}
+    for level in ("1", "9"):
+        env = {
+            "AUDIT_LOG_EXPORTERS": "archive",
+            "AUDIT_LOG_ARCHIVE_URL": str(tmp_path / level),
+            "AUDIT_LOG_ARCHIVE_GZIP_LEVEL": level,
+            "AUDIT_LOG_INTEGRITY": "false",  # the same bytes in both archives
+        }
+        auditor = Auditor(environ=env, batch_interval=0.01)
+        for i in range(2000):
+            auditor.record(
+                "doc.updated", org_id="org_a", target=Target("doc", "d"), metadata={"i": i % 3}
+            )
+        assert auditor.force_flush(timeout=10)
+        auditor.shutdown(timeout=5)
+        (path,) = (tmp_path / level).rglob("*.jsonl.gz")
+        sizes[level] = path.stat().st_size
+        rows = [orjson.loads(x) for x in gzip.decompress(path.read_bytes()).splitlines()]
+        assert [r["metadata"]["i"] for r in rows] == [i % 3 for i in range(2000)]
+    assert sizes["9"] < sizes["1"]
+    with pytest.raises(AuditConfigError, match="AUDIT_LOG_ARCHIVE_GZIP_LEVEL"):
+        Auditor(environ={**env, "AUDIT_LOG_ARCHIVE_GZIP_LEVEL": "0"})
+    with pytest.raises(ValueError, match="gzip_level"):
+        ArchiveExporter(str(tmp_path / "x"), gzip_level=10)
 
 
 def test_s3_down_for_30_seconds_under_load_loses_nothing(s3: S3Endpoint, tmp_path: Path) -> None:

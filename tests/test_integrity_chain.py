@@ -433,7 +433,7 @@ def test_lines_rendered_while_sealing_are_exactly_the_events_json(
     assert sealed.lines is not None
     assert len(sealed.lines) == len(events)
     for event, line in zip(sealed, sealed.lines, strict=True):
-        assert line == orjson.dumps(event.to_dict())
+        assert line == orjson.dumps(event.to_dict()) + b"\n"
         assert event_line(event) == line
         assert full_document(event) == {
             k: v for k, v in event.to_dict().items() if k != "integrity"

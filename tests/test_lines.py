@@ -41,7 +41,7 @@ def test_shared_parts_render_each_event_correctly() -> None:
     headers = [MappingProxyType({"host": "x"}), MappingProxyType({})]
     events = [_event(n, clients[n % 2], headers[n // 2 % 2]) for n in range(8)]
     lines = batch_lines(events)
-    assert lines == [orjson.dumps(e.to_dict()) for e in events]
+    assert lines == [orjson.dumps(e.to_dict()) + b"\n" for e in events]
 
 
 def test_a_batch_with_missing_or_stale_lines_is_rendered_again() -> None:
@@ -49,10 +49,10 @@ def test_a_batch_with_missing_or_stale_lines_is_rendered_again() -> None:
     events = [_event(n, client, headers) for n in range(3)]
     partial = EventBatch(events)
     partial.lines = [b"{}"]  # fewer lines than events: not trusted
-    assert batch_lines(partial) == [orjson.dumps(e.to_dict()) for e in events]
+    assert batch_lines(partial) == [orjson.dumps(e.to_dict()) + b"\n" for e in events]
     none = EventBatch(events)
     none.lines = None
-    assert batch_lines(none) == [orjson.dumps(e.to_dict()) for e in events]
+    assert batch_lines(none) == [orjson.dumps(e.to_dict()) + b"\n" for e in events]
 
 
 def test_the_log_line_is_the_same_with_or_without_prerendered_lines() -> None:
@@ -61,7 +61,7 @@ def test_the_log_line_is_the_same_with_or_without_prerendered_lines() -> None:
     rendered = new_batch()
     rendered.extend(events)
     assert rendered.lines is not None
-    rendered.lines.extend(orjson.dumps(e.to_dict()) for e in events)
+    rendered.lines.extend(orjson.dumps(e.to_dict()) + b"\n" for e in events)
     outputs = []
     for batch in (rendered, list(events)):
         out = io.BytesIO()

@@ -230,3 +230,57 @@ def test_record_rejects_malformed_actions(
     auditor = make_auditor()
     with pytest.raises(ValueError, match="invalid action"):
         auditor.record(bad)
+
+
+class _BatchRecorder:
+    """Blocks its first export until released; records the size of every batch it gets."""
+
+    def __init__(self, merges: bool) -> None:
+        self.merges_batches = merges
+        self.writes_lines = True
+        self.release = threading.Event()
+        self.sizes: list[int] = []
+        self.ids: list[str] = []
+
+    def export(self, batch: Sequence[AuditEvent]) -> ExportResult:
+        from audit_middleware._lines import batch_lines
+
+        if not self.sizes:
+            self.release.wait(30)
+        lines = batch_lines(batch)
+        assert [orjson.loads(line)["id"] for line in lines] == [e.id for e in batch]
+        self.sizes.append(len(batch))
+        self.ids += [e.id for e in batch]
+        return ExportResult.SUCCESS
+
+    def force_flush(self, timeout: float | None = None) -> bool:
+        return True
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        self.release.set()
+
+
+@pytest.mark.parametrize("merges", [True, False])
+def test_batches_waiting_behind_a_slow_export_merge_only_when_the_exporter_allows(
+    merges: bool,
+) -> None:
+    exporter = _BatchRecorder(merges)
+    auditor = Auditor(exporters=[exporter], batch_size=10, queue_size=1000, environ={})
+    _record_n(auditor, 10)  # the first batch, held in export
+    deadline = time.monotonic() + 10
+    while auditor.stats().processed < 10 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    _record_n(auditor, 95)  # ten more batches queue up behind it
+    while auditor.stats().processed < 105 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    exporter.release.set()
+    assert auditor.force_flush(10)
+    stats = auditor.stats()
+    auditor.shutdown(5)
+    assert stats.exporters[0].exported == 105
+    assert stats.exporters[0].pending == 0
+    assert len(exporter.ids) == len(set(exporter.ids)) == 105
+    if merges:
+        assert exporter.sizes == [10, 95]
+    else:
+        assert max(exporter.sizes) == 10

@@ -109,7 +109,7 @@ class EventChain:
                 integrity = {"stream": stream, "seq": seq, "prev": prev, "hash": digest}
                 full = full_document(event)
                 full["integrity"] = integrity
-                lines.append(orjson.dumps(full))
+                lines.append(orjson.dumps(full) + b"\n")
                 sealed.append(_new(AuditEvent, (*event[:12], integrity, event[13])))
                 prev = digest
             self._seq, self._hash = seq, prev
