@@ -369,6 +369,9 @@ class DeliveryPipeline:
             self._processed += 1
             try:
                 events = build(item)
+                rendered = events.lines if type(events) is EventBatch else None
+                if rendered is None and render:
+                    rendered = [event_line(event) for event in events]
             except Exception:
                 self._build_errors += 1
                 logger.exception("could not build an audit event; it is lost (counted)")
@@ -377,14 +380,11 @@ class DeliveryPipeline:
                 if on_built is not None and event is not item:
                     on_built(event)
                 batch.append(event)
-            lines = batch.lines
-            if lines is not None:
-                if type(events) is EventBatch and events.lines is not None:
-                    lines.extend(events.lines)
-                elif render:
-                    lines.extend([event_line(event) for event in events])
-                else:
+            if batch.lines is not None:
+                if rendered is None:
                     batch.lines = None
+                else:
+                    batch.lines.extend(rendered)
             if len(batch) >= batch_size:
                 self._dispatch(batch)
                 batch = new_batch()

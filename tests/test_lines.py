@@ -124,3 +124,24 @@ def test_uuid7_ids_carry_time_version_variant_and_sort_in_creation_order() -> No
         assert parsed.int >> 80 == ns // 1_000_000
     later = uuid7(ns + 2_000_000)
     assert later > ids[-1]
+
+
+def test_an_event_that_cannot_be_rendered_is_counted_and_the_rest_flow() -> None:
+    from exporters.memory import InMemoryExporter
+
+    class Lines(InMemoryExporter):
+        writes_lines = True
+
+    exporter = Lines()
+    auditor = Auditor(exporters=[exporter], environ={})
+    broken = AuditEvent(
+        "id-x", "2026-11-27T10:00:00.000000Z", "doc.updated", "success", Actor("u"),
+        metadata={"when": object()},  # bypasses record()'s redaction: not JSON
+    )  # fmt: skip
+    auditor.pipeline.submit(broken)
+    auditor.record("doc.updated", actor=Actor("u2"))
+    assert not auditor.force_flush(5)  # the flush reports the loss
+    stats = auditor.stats()
+    auditor.shutdown(5)
+    assert stats.build_errors == 1
+    assert [e.actor.id for e in exporter.events] == ["u2"]
