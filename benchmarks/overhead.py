@@ -579,6 +579,7 @@ class Http:
     max_seconds: float
     per_round_rps: dict[str, list[float]]
     client_cpu: dict[str, list[float]]
+    server_cpu_us: dict[str, list[float]]  # server process CPU (all threads) per request
     errors: int
     audit_server: dict[str, int]
     audit_served: int
@@ -595,6 +596,7 @@ async def measure_http(
     servers = {name: start_server(name) for name in VARIANTS}
     rps: dict[str, list[float]] = {name: [] for name in VARIANTS}
     client_cpu: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    server_cpu: dict[str, list[float]] = {name: [] for name in VARIANTS}
     errors = 0
     report: dict[str, int] = {}
     try:
@@ -606,7 +608,13 @@ async def measure_http(
         for _, order in rotations(VARIANTS, rounds):
             for name in order:
                 server = servers[name]
+                pid = server.process.pid
+                assert pid is not None  # started
+                before = process_cpu_s(pid)
                 result = await load(server.port, concurrency, max_requests, max_seconds)
+                used = process_cpu_s(pid) - before
+                if result.ok:
+                    server_cpu[name].append(used / result.ok * 1e6)
                 server.served += result.ok
                 errors += result.errors
                 rps[name].append(result.rps)
@@ -623,10 +631,18 @@ async def measure_http(
         max_seconds,
         rps,
         client_cpu,
+        server_cpu,
         errors,
         report,
         servers["audit"].served,
     )
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, every thread) a live process has used, from /proc."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # -- reporting ------------------------------------------------------------------------------------
@@ -670,14 +686,22 @@ def print_http(c: Http) -> None:
         f"HTTP (uvicorn h11, loopback, concurrency {c.concurrency}, median of {c.rounds} rounds, "
         f"each ≤ {c.max_requests} requests / ≤ {c.max_seconds:g} s)"
     )
-    print(f"{'variant':<9}{'req/s':>8}{'ratio':>8}{'client CPU':>12}")
+    print(f"{'variant':<9}{'req/s':>8}{'ratio':>8}{'client CPU':>12}{'server CPU/req':>16}")
+    bare_server = statistics.median(c.server_cpu_us["bare"] or [0.0])
     for name in VARIANTS:
         med = c.median(name)
         cpu = statistics.median(c.client_cpu[name])
+        server = statistics.median(c.server_cpu_us[name] or [0.0])
+        added = "" if name == "bare" else f" ({server - bare_server:+.0f})"
         note = ""
         if name == "audit":
             note = f"   target ≥ {TARGET_HTTP_RATIO:g}: {verdict(med / bare >= TARGET_HTTP_RATIO)}"
-        print(f"{name:<9}{med:>8.0f}{med / bare:>8.2f}{cpu:>11.0%}{note}")
+        column = f"{server:.0f} µs{added}"
+        print(f"{name:<9}{med:>8.0f}{med / bare:>8.2f}{cpu:>11.0%}{column:>16}{note}")
+    print(
+        "  server CPU/req: the server process's CPU (every thread) per request served, "
+        "and the added cost over bare"
+    )
     if c.errors:
         print(f"  non-200 responses: {c.errors}")
     busiest = max(statistics.median(x) for x in c.client_cpu.values())
@@ -879,6 +903,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "ratio": c.median(name) / http_bare,
                         "per_round_rps": c.per_round_rps[name],
                         "client_cpu": c.client_cpu[name],
+                        "server_cpu_us_per_request": c.server_cpu_us[name],
                     }
                     for name in VARIANTS
                 },
