@@ -1,0 +1,160 @@
+"""Where the audit's cost goes inside a real server: uvicorn variants measured side by side.
+
+A diagnostic for the HTTP ratio of ``benchmarks/overhead.py`` (not a target of its own). Each
+variant is the hello-world app of that benchmark served by uvicorn in its own process, loaded
+with the same bounded generator; the variants run interleaved, round by round. It prints, per
+variant, the median requests/s and the server process's CPU per request (every thread, from
+``/proc/<pid>/stat``), and the CPU added over ``bare``.
+
+Variants (names can be combined with modifiers, e.g. ``audit-nogc``):
+
+* ``bare``: the app alone; ``audit``: with ``AuditMiddleware`` as in ``overhead.py``;
+* ``path``: audit, but the pipeline's ``submit`` is a no-op (the request path only);
+* ``queued``: audit, events are queued and drained, but nothing is built or exported;
+* ``-nogc``: the garbage collector off in the server; ``-sw<ms>``: interpreter switch interval;
+* ``-b<n>``: pipeline batch size; ``-noint``: without the integrity chain.
+
+It also measures, without a server or threads, the audit's CPU per request split into the
+request path and the background work (build, chain, rendering, log export) done on one thread.
+
+Usage: ``python -m benchmarks.server_variants [--rounds N] [variant ...]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import multiprocessing
+import os
+import re
+import socket
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from multiprocessing.connection import Connection
+
+import uvicorn
+
+from audit_middleware._lines import new_batch
+from benchmarks import overhead as ob
+
+DEFAULT_VARIANTS = ("bare", "path", "queued", "audit", "audit-nogc")
+
+
+def serve(variant: str, conn: Connection) -> None:
+    """Child process: serve one variant on a free loopback port until terminated."""
+    ob.INTEGRITY[0] = "-noint" not in variant
+    v = ob.build_variants(os.devnull)
+    auditor = v.auditor
+    pipeline = auditor.pipeline
+    if match := re.search(r"-b(\d+)", variant):
+        pipeline.batch_size = int(match.group(1))
+    if match := re.search(r"-sw(\d+)", variant):
+        sys.setswitchinterval(int(match.group(1)) / 1000)
+    if variant.startswith("path"):
+        pipeline.submit = lambda item: True  # type: ignore[method-assign]
+    if variant.startswith("queued"):
+        pipeline._build = lambda item: ()
+    if "-nogc" in variant:
+        gc.disable()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    conn.send(sock.getsockname()[1])
+    app = v.apps["bare" if variant.startswith("bare") else "audit"]
+    config = uvicorn.Config(app, host="127.0.0.1", log_level="warning", access_log=False)
+    ob._Server(config).run(sockets=[sock])
+
+
+async def measure(variants: Sequence[str], rounds: int) -> dict[str, list[tuple[float, float]]]:
+    """Per variant and round: (requests/s, server CPU µs per request)."""
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
+    ctx = multiprocessing.get_context("spawn")
+    for _, order in ob.rotations(tuple(variants), rounds):
+        for variant in order:
+            parent, child = ctx.Pipe()
+            process = ctx.Process(target=serve, args=(variant, child), daemon=True)
+            process.start()
+            try:
+                if not parent.poll(60):
+                    raise RuntimeError(f"{variant} server did not start")
+                port: int = parent.recv()
+                await ob.wait_ready(port)
+                await ob.load(port, 16, 3000, 1.0)  # warm-up
+                assert process.pid is not None
+                before = ob.process_cpu_s(process.pid)
+                result = await ob.load(port, 16, 50_000, 3.0)
+                used = ob.process_cpu_s(process.pid) - before
+                results[variant].append((result.rps, used / max(result.ok, 1) * 1e6))
+            finally:
+                process.terminate()
+                process.join(10)
+    return results
+
+
+async def split_without_threads(rounds: int, n: int) -> tuple[float, float]:
+    """Median µs per request over bare: the request path alone, then with the background work
+    (build, chain, rendering, log export) done afterwards on the same thread."""
+    v = ob.build_variants(os.devnull)
+    auditor = v.auditor
+    export = auditor.pipeline._lanes[0].exporter.export
+    submit = auditor.pipeline.submit
+    path_us: list[float] = []
+    total_us: list[float] = []
+    for _ in range(rounds):
+        gc.collect()
+        bare = await ob.cpu_ns(v.apps["bare"], n, None)
+        captured: list[object] = []
+        auditor.pipeline.submit = captured.append  # type: ignore[method-assign, assignment]
+        gc.collect()
+        start = time.process_time_ns()
+        await ob._requests(v.apps["audit"], n)
+        path_done = time.process_time_ns()
+        for first in range(0, n, 512):
+            batch = new_batch()
+            for item in captured[first : first + 512]:
+                events = auditor._build(item)
+                batch.extend(events)
+                lines = getattr(events, "lines", None)
+                if batch.lines is not None and lines is not None:
+                    batch.lines.extend(lines)
+                else:
+                    batch.lines = None
+            export(batch)
+        end = time.process_time_ns()
+        auditor.pipeline.submit = submit  # type: ignore[method-assign]
+        path_us.append((path_done - start - bare) / n / 1000)
+        total_us.append((end - start - bare) / n / 1000)
+    return statistics.median(path_us), statistics.median(total_us)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the variants and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    parser.add_argument("variants", nargs="*", help=f"default: {' '.join(DEFAULT_VARIANTS)}")
+    args = parser.parse_args(argv)
+    variants = args.variants or list(DEFAULT_VARIANTS)
+    if "bare" not in variants:
+        variants.insert(0, "bare")
+    print(f"load average {os.getloadavg()}; {args.rounds} interleaved rounds")
+    path, total = asyncio.run(split_without_threads(max(args.rounds * 3, 5), 3000))
+    print(
+        f"without a server or threads, µs per request over bare: request path {path:.1f}, "
+        f"with the background work {total:.1f} (background {total - path:.1f})"
+    )
+    results = asyncio.run(measure(variants, args.rounds))
+    bare_cpu = statistics.median(cpu for _, cpu in results["bare"])
+    print(f"{'variant':<16}{'req/s':>8}{'server CPU µs/req':>20}{'added':>8}")
+    for name in variants:
+        rps = statistics.median(r for r, _ in results[name])
+        cpu = statistics.median(c for _, c in results[name])
+        added = "-" if name == "bare" else f"{cpu - bare_cpu:+.0f}"
+        print(f"{name:<16}{rps:>8.0f}{cpu:>20.1f}{added:>8}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
