@@ -19,6 +19,7 @@ from audit_middleware._event import ANONYMOUS, OUTCOMES, Actor, AuditEvent, Outc
 from audit_middleware._export import DurableExporter, Exporter
 from audit_middleware._jwt import JWTConfig, JWTVerifier
 from audit_middleware._jwt_setup import jwt_from_config, jwt_from_rules_file
+from audit_middleware._lines import EventBatch
 from audit_middleware._pipeline import DeliveryPipeline, PipelineStats
 from audit_middleware._rules import Rule, RuleSet, Source, UnmatchedPolicy, is_valid_action
 from audit_middleware._rules_file import load_rules_file
@@ -199,7 +200,8 @@ class Auditor:
             ctx.strict_events = []
             return
         self._resolve(ctx)
-        events = list(self._build(ctx))
+        built = self._build(ctx)
+        events = built if type(built) is EventBatch else list(built)  # keeps rendered lines
         for exporter in self.durable_exporters:
             exporter.write_through(events)
         for event in events:

@@ -112,9 +112,9 @@ def _full_request(request: RequestInfo) -> dict[str, Any]:
 
 
 class IdentityCache:
-    """Parts of events that repeat as the very same objects (cached by the builder): their
-    canonical parts, remembered by identity. Each entry keeps its object alive, so an ``id``
-    cannot be reused while it is cached."""
+    """Conversions of event parts that repeat as the very same objects (the builder caches
+    clients and header sets), remembered by identity. Each entry keeps its object alive, so an
+    ``id`` cannot be reused while it is cached; past 4,096 entries the cache starts over."""
 
     __slots__ = ("_entries",)
 
