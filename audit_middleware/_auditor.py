@@ -152,7 +152,7 @@ class Auditor:
         self.chain = _event_chain(self.exporters) if config.integrity else None
         self.pipeline = DeliveryPipeline(
             self.exporters,
-            self._build,
+            self._build_unsealed,
             queue_size=config.queue_size,
             overflow=config.overflow,
             batch_size=config.batch_size,
@@ -160,6 +160,7 @@ class Auditor:
             export_retries=config.export_retries,
             shutdown_timeout=config.shutdown_timeout,
             on_built=_notify_observers,  # no-op unless capture_audit_events() is active
+            seal=None if self.chain is None else self.chain.seal,  # once per batch
         )
         self.capture_trace = _trace_capture(config, self.exporters)
         self.durable_exporters: tuple[DurableExporter, ...] = tuple(
@@ -246,7 +247,12 @@ class Auditor:
         self.pipeline.submit(item)
 
     def _build(self, item: object) -> Sequence[AuditEvent]:
-        """Build a queued item's event, plus any brute-force alert it completes."""
+        """Build an item's event, plus any brute-force alert it completes, in the hash chain."""
+        events = self._build_unsealed(item)
+        return events if self.chain is None else self.chain.seal(events)
+
+    def _build_unsealed(self, item: object) -> Sequence[AuditEvent]:
+        """:meth:`_build` before the chain: the pipeline seals whole batches at once."""
         if type(item) is not RequestContext and isinstance(item, AuditEvent):
             return (item,)  # built inline already (and already observed)
         event = self.builder.build(item)
@@ -258,7 +264,7 @@ class Auditor:
             assert self.brute_force is not None
             alerts = self.brute_force.observe(event)
             events = (event, *(self.builder.alert_event(a) for a in alerts))
-        return events if self.chain is None else self.chain.seal(events)
+        return events
 
     # -- explicit events ------------------------------------------------------------------------
 

@@ -241,8 +241,10 @@ class DeliveryPipeline:
         export_retries: int,
         shutdown_timeout: float,
         on_built: Callable[[AuditEvent], None] | None = None,
+        seal: Callable[[Sequence[AuditEvent]], EventBatch] | None = None,
     ) -> None:
         self._exporters = tuple(exporters)
+        self._seal = seal
         #: Render each event's canonical line once, in the dispatcher, when an exporter writes
         #: lines (events the chain sealed come rendered already).
         self.render_lines = any(getattr(e, "writes_lines", False) for e in self._exporters)
@@ -349,18 +351,17 @@ class DeliveryPipeline:
         """Move everything queued to the lanes; True once a stop marker went through."""
         queue = self._queue
         build = self._build
-        on_built = self._on_built
         batch_size = self.batch_size
-        render = self.render_lines
-        batch = new_batch()
+        events: list[AuditEvent] = []
+        fresh: list[bool] = []  # built here, not queued already built
         while queue:
             try:
                 item = queue.popleft()
             except IndexError:
                 break
             if type(item) is _Marker:
-                self._dispatch(batch)
-                batch = new_batch()
+                self._dispatch(events, fresh)
+                events, fresh = [], []
                 for lane in self._lanes:
                     lane.put(item)
                 if item.stop:
@@ -368,33 +369,60 @@ class DeliveryPipeline:
                 continue
             self._processed += 1
             try:
-                events = build(item)
-                rendered = events.lines if type(events) is EventBatch else None
-                if rendered is None and render:
-                    rendered = [event_line(event) for event in events]
+                built = build(item)
             except Exception:
                 self._build_errors += 1
                 logger.exception("could not build an audit event; it is lost (counted)")
                 continue
-            for event in events:
-                if on_built is not None and event is not item:
-                    on_built(event)
-                batch.append(event)
-            if batch.lines is not None:
-                if rendered is None:
-                    batch.lines = None
-                else:
-                    batch.lines.extend(rendered)
-            if len(batch) >= batch_size:
-                self._dispatch(batch)
-                batch = new_batch()
-        self._dispatch(batch)
+            for event in built:
+                events.append(event)
+                fresh.append(event is not item)
+            if len(events) >= batch_size:
+                self._dispatch(events, fresh)
+                events, fresh = [], []
+        self._dispatch(events, fresh)
         return False
 
-    def _dispatch(self, batch: EventBatch) -> None:
+    def _dispatch(self, events: list[AuditEvent], fresh: list[bool]) -> None:
+        if not events:
+            return
+        batch, fresh = self._finish(events, fresh)
+        if self._on_built is not None:
+            for event, is_fresh in zip(batch, fresh, strict=True):
+                if is_fresh:
+                    self._on_built(event)
         if batch:
             for lane in self._lanes:
                 lane.put(batch)
+
+    def _finish(self, events: list[AuditEvent], fresh: list[bool]) -> tuple[EventBatch, list[bool]]:
+        """Seal the batch into the hash chain (one call for all) and render the lines the
+        exporters write. An event that cannot be sealed or rendered is counted and left out."""
+        seal = self._seal
+        if seal is not None:
+            with contextlib.suppress(Exception):  # else find the culprit, one event at a time
+                return seal(events), fresh  # (a failed seal advanced the chain for none)
+        batch = new_batch()
+        kept: list[bool] = []
+        for event, is_fresh in zip(events, fresh, strict=True):
+            try:
+                if seal is not None:
+                    one = seal((event,))
+                    event, line = one[0], one.lines[0] if one.lines else b""
+                else:
+                    line = event_line(event) if self.render_lines else b""
+            except Exception:
+                self._build_errors += 1
+                logger.exception("could not seal or render an audit event; it is lost (counted)")
+                continue
+            batch.append(event)
+            kept.append(is_fresh)
+            if batch.lines is not None:
+                if line:
+                    batch.lines.append(line)
+                else:
+                    batch.lines = None
+        return batch, kept
 
     # -- control --------------------------------------------------------------------------------
 

@@ -145,3 +145,27 @@ def test_an_event_that_cannot_be_rendered_is_counted_and_the_rest_flow() -> None
     auditor.shutdown(5)
     assert stats.build_errors == 1
     assert [e.actor.id for e in exporter.events] == ["u2"]
+
+
+def test_a_batch_that_cannot_be_sealed_whole_keeps_one_unbroken_chain() -> None:
+    from audit_middleware.integrity import GENESIS
+    from exporters.memory import InMemoryExporter
+
+    exporter = InMemoryExporter()
+    auditor = Auditor(exporters=[exporter], batch_size=100, environ={})
+    broken = AuditEvent(
+        "id-x", "2026-11-27T10:00:00.000000Z", "doc.updated", "success", Actor("u"),
+        metadata={"when": object()},
+    )  # fmt: skip
+    auditor.record("doc.updated", actor=Actor("u1"))
+    auditor.pipeline.submit(broken)  # drained (and sealed) with its neighbours: within 0.5 s
+    auditor.record("doc.updated", actor=Actor("u2"))
+    assert not auditor.force_flush(5)
+    assert auditor.stats().build_errors == 1
+    auditor.shutdown(5)
+    first, second = exporter.events
+    assert first.integrity is not None
+    assert second.integrity is not None
+    assert (first.integrity["seq"], second.integrity["seq"]) == (1, 2)
+    assert first.integrity["prev"] == GENESIS
+    assert second.integrity["prev"] == first.integrity["hash"]
