@@ -19,11 +19,14 @@ from typing import Any, Final
 
 import orjson
 
-from audit_middleware._event import AuditEvent, RequestInfo
+from audit_middleware._event import ANONYMOUS, AuditEvent, RequestInfo
 
 __all__ = ["EventBatch", "IdentityCache", "batch_lines", "event_line", "full_document", "new_batch"]
 
 _CACHE_SIZE: Final = 4096
+# Shared parts of documents (documents are serialized, never changed).
+_ANONYMOUS: Final = {"id": None, "type": "anonymous"}
+_NOTHING: Final[dict[str, Any]] = {}
 
 
 class EventBatch(list[AuditEvent]):
@@ -62,11 +65,14 @@ def full_document(event: AuditEvent) -> dict[str, Any]:
     """``event.to_dict()`` without its last member, ``integrity`` (hot path: tested equal).
     Nested parts may be shared between documents: serialize them, do not change them."""
     actor = event.actor
-    who: dict[str, Any] = {"id": actor.id, "type": actor.type}
-    if actor.email is not None:
-        who["email"] = actor.email
-    if actor.name is not None:
-        who["name"] = actor.name
+    if actor is ANONYMOUS:
+        who: dict[str, Any] = _ANONYMOUS
+    else:
+        who = {"id": actor.id, "type": actor.type}
+        if actor.email is not None:
+            who["email"] = actor.email
+        if actor.name is not None:
+            who["name"] = actor.name
     target = event.target
     request = event.request
     client = event.client
@@ -88,7 +94,7 @@ def full_document(event: AuditEvent) -> dict[str, Any]:
         "request": None if request is None else _full_request(request),
         "client": part,
         "error": None if event.error is None else {"type": event.error.type},
-        "metadata": dict(event.metadata),
+        "metadata": dict(event.metadata) if event.metadata else _NOTHING,
         "trace": None if trace is None else dict(trace),
     }
 
@@ -106,7 +112,7 @@ def _full_request(request: RequestInfo) -> dict[str, Any]:
         "status": request.status,
         "duration_ms": request.duration_ms,
         "completed": request.completed,
-        "query": dict(request.query),
+        "query": dict(request.query) if request.query else _NOTHING,
         "headers": flat,
     }
 

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from audit_middleware import Actor, AuditConfigError, Auditor, Target
-from audit_middleware._event import AuditEvent, ClientInfo, ErrorInfo, RequestInfo
+from audit_middleware._event import ANONYMOUS, AuditEvent, ClientInfo, ErrorInfo, RequestInfo
 from audit_middleware.integrity import GENESIS, EventChain, canonical_bytes, event_hash
 from audit_middleware.integrity._digest import parse_digest, sha256_hex, signature_status
 from audit_middleware.integrity._keys import SigningKey, generate_signing_key, load_public_key
@@ -383,7 +383,8 @@ _events_strategy = st.builds(
     occurred_at=st.just("2026-11-27T10:00:00.000000Z"),
     action=st.just("doc.updated"),
     outcome=st.sampled_from(["success", "denied", "failure", "error"]),
-    actor=st.builds(Actor, id=_text, email=st.none() | _text, name=st.none() | _text),
+    actor=st.builds(Actor, id=_text, email=st.none() | _text, name=st.none() | _text)
+    | st.just(ANONYMOUS),
     org_id=st.none() | _text,
     target=st.none() | st.builds(Target, type=_text, id=st.none() | _text),
     request=st.none()

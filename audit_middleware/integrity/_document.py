@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
-from audit_middleware._event import AuditEvent, RequestInfo
+from audit_middleware._event import ANONYMOUS, AuditEvent, RequestInfo
 from audit_middleware._lines import IdentityCache
 from audit_middleware.integrity._canonical import prune
 
@@ -15,6 +15,7 @@ _SCALARS: Final = frozenset({str, int, float, bool})
 # Parts the builder shares between events; only ever serialized, never changed.
 _clients = IdentityCache()
 _mappings = IdentityCache()
+_ANONYMOUS: Final = {"type": "anonymous"}
 
 
 def canonical_document(event: AuditEvent) -> dict[str, Any]:
@@ -22,13 +23,16 @@ def canonical_document(event: AuditEvent) -> dict[str, Any]:
     ``tests/test_integrity_chain.py`` checks it against the definition). Nested parts may be
     shared between documents: serialize them, do not change them."""
     actor = event.actor
-    who: dict[str, Any] = {"type": actor.type}
-    if actor.id is not None:
-        who["id"] = actor.id
-    if actor.email is not None:
-        who["email"] = actor.email
-    if actor.name is not None:
-        who["name"] = actor.name
+    if actor is ANONYMOUS:
+        who: dict[str, Any] = _ANONYMOUS
+    else:
+        who = {"type": actor.type}
+        if actor.id is not None:
+            who["id"] = actor.id
+        if actor.email is not None:
+            who["email"] = actor.email
+        if actor.name is not None:
+            who["name"] = actor.name
     data: dict[str, Any] = {
         "schema_version": event.schema_version,
         "id": event.id,
