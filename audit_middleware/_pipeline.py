@@ -25,7 +25,7 @@ from typing import Final
 from audit_middleware._config import OverflowPolicy
 from audit_middleware._event import AuditEvent
 from audit_middleware._export import Exporter, ExportResult
-from audit_middleware._lines import EventBatch, event_line, new_batch
+from audit_middleware._lines import EventBatch, batch_lines, event_line, new_batch
 from audit_middleware._warn import logger, warn_limited
 
 __all__ = ["DeliveryPipeline", "ExporterStats", "PipelineStats"]
@@ -245,8 +245,8 @@ class DeliveryPipeline:
     ) -> None:
         self._exporters = tuple(exporters)
         self._seal = seal
-        #: Render each event's canonical line once, in the dispatcher, when an exporter writes
-        #: lines (events the chain sealed come rendered already).
+        #: Render each event's JSON line once, in the dispatcher, when an exporter writes lines
+        #: (the chain renders the events it seals anyway).
         self.render_lines = any(getattr(e, "writes_lines", False) for e in self._exporters)
         self._build = build
         self._on_built = on_built
@@ -402,26 +402,28 @@ class DeliveryPipeline:
         if seal is not None:
             with contextlib.suppress(Exception):  # else find the culprit, one event at a time
                 return seal(events), fresh  # (a failed seal advanced the chain for none)
-        batch = new_batch()
+        elif not self.render_lines:
+            batch = EventBatch(events)
+            batch.lines = None
+            return batch, fresh
+        batch = EventBatch()
+        lines: list[bytes] = []
         kept: list[bool] = []
         for event, is_fresh in zip(events, fresh, strict=True):
             try:
                 if seal is not None:
                     one = seal((event,))
-                    event, line = one[0], one.lines[0] if one.lines else b""
+                    event, line = one[0], batch_lines(one)[0]
                 else:
-                    line = event_line(event) if self.render_lines else b""
+                    line = event_line(event)
             except Exception:
                 self._build_errors += 1
                 logger.exception("could not seal or render an audit event; it is lost (counted)")
                 continue
             batch.append(event)
+            lines.append(line)
             kept.append(is_fresh)
-            if batch.lines is not None:
-                if line:
-                    batch.lines.append(line)
-                else:
-                    batch.lines = None
+        batch.lines = lines
         return batch, kept
 
     # -- control --------------------------------------------------------------------------------

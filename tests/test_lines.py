@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from types import MappingProxyType
 
 import orjson
+import pytest
 
 from audit_middleware import Actor, Auditor
 from audit_middleware._event import AuditEvent, ClientInfo, RequestInfo
@@ -126,14 +127,15 @@ def test_uuid7_ids_carry_time_version_variant_and_sort_in_creation_order() -> No
     assert later > ids[-1]
 
 
-def test_an_event_that_cannot_be_rendered_is_counted_and_the_rest_flow() -> None:
+@pytest.mark.parametrize("integrity", [True, False])
+def test_an_event_that_cannot_be_rendered_is_counted_and_the_rest_flow(integrity: bool) -> None:
     from exporters.memory import InMemoryExporter
 
     class Lines(InMemoryExporter):
         writes_lines = True
 
     exporter = Lines()
-    auditor = Auditor(exporters=[exporter], environ={})
+    auditor = Auditor(exporters=[exporter], integrity=integrity, environ={})
     broken = AuditEvent(
         "id-x", "2026-11-27T10:00:00.000000Z", "doc.updated", "success", Actor("u"),
         metadata={"when": object()},  # bypasses record()'s redaction: not JSON
