@@ -396,22 +396,25 @@ class DeliveryPipeline:
                 lane.put(batch)
 
     def _finish(self, events: list[AuditEvent], fresh: list[bool]) -> tuple[EventBatch, list[bool]]:
-        """Seal the batch into the hash chain (one call for all) and render the lines the
-        exporters write. An event that cannot be sealed or rendered is counted and left out."""
+        """Seal the events built here into the hash chain (one call for all) and render the
+        lines the exporters write; events queued already built pass as they are. An event that
+        cannot be sealed or rendered is counted and left out."""
         seal = self._seal
-        if seal is not None:
-            with contextlib.suppress(Exception):  # else find the culprit, one event at a time
-                return seal(events), fresh  # (a failed seal advanced the chain for none)
-        elif not self.render_lines:
+        if seal is None and not self.render_lines:
             batch = EventBatch(events)
             batch.lines = None
             return batch, fresh
+        if seal is not None:
+            with contextlib.suppress(Exception):  # else find the culprit, one event at a time
+                if all(fresh):
+                    return seal(events), fresh  # (a failed seal advanced the chain for none)
+                return self._seal_fresh(seal, events, fresh), fresh
         batch = EventBatch()
         lines: list[bytes] = []
         kept: list[bool] = []
         for event, is_fresh in zip(events, fresh, strict=True):
             try:
-                if seal is not None:
+                if seal is not None and is_fresh:
                     one = seal((event,))
                     event, line = one[0], batch_lines(one)[0]
                 else:
@@ -425,6 +428,30 @@ class DeliveryPipeline:
             kept.append(is_fresh)
         batch.lines = lines
         return batch, kept
+
+    @staticmethod
+    def _seal_fresh(
+        seal: Callable[[Sequence[AuditEvent]], EventBatch],
+        events: list[AuditEvent],
+        fresh: list[bool],
+    ) -> EventBatch:
+        """The batch with only its freshly built events sealed, in their order. The others are
+        rendered first, so that a failure leaves the chain where it was."""
+        pairs = zip(events, fresh, strict=True)
+        others = iter([event_line(event) for event, is_fresh in pairs if not is_fresh])
+        sealed = seal([event for event, is_fresh in zip(events, fresh, strict=True) if is_fresh])
+        new = iter(zip(sealed, batch_lines(sealed), strict=True))
+        batch = EventBatch()
+        lines: list[bytes] = []
+        for event, is_fresh in zip(events, fresh, strict=True):
+            if is_fresh:
+                event, line = next(new)
+            else:
+                line = next(others)
+            batch.append(event)
+            lines.append(line)
+        batch.lines = lines
+        return batch
 
     # -- control --------------------------------------------------------------------------------
 
