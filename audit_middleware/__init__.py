@@ -28,6 +28,7 @@ from audit_middleware._event import (
 )
 from audit_middleware._export import Exporter, ExportResult
 from audit_middleware._jwt import JWTConfig
+from audit_middleware._lines import EventBatch, batch_lines
 from audit_middleware._pipeline import ExporterStats, PipelineStats
 from audit_middleware._rules import Rule
 from audit_middleware._rules_file import RulesFileError, load_rules_file
@@ -48,6 +49,7 @@ __all__ = [
     "BruteForcePolicy",
     "ClientInfo",
     "ErrorInfo",
+    "EventBatch",
     "ExportResult",
     "Exporter",
     "ExporterStats",
@@ -60,6 +62,7 @@ __all__ = [
     "Target",
     "__version__",
     "add_metadata",
+    "batch_lines",
     "get_default_auditor",
     "load_rules_file",
     "load_schema",

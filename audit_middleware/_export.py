@@ -30,7 +30,7 @@ class Exporter(Protocol):
 
     * ``writes_lines``: the exporter writes each event as ``orjson.dumps(event.to_dict())``
       plus a newline. The pipeline then renders those lines once, in its dispatcher, and passes
-      them with the batch; read them with ``audit_middleware._lines.batch_lines(batch)``.
+      them with the batch; read them with ``audit_middleware.batch_lines(batch)``.
     * ``merges_batches``: batches that queued up while an ``export`` call was busy may be
       merged into one larger call (up to 8,192 events), e.g. to write and fsync once for all.
     """

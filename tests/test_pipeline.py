@@ -243,7 +243,7 @@ class _BatchRecorder:
         self.ids: list[str] = []
 
     def export(self, batch: Sequence[AuditEvent]) -> ExportResult:
-        from audit_middleware._lines import batch_lines
+        from audit_middleware import batch_lines
 
         if not self.sizes:
             self.release.wait(30)
