@@ -147,18 +147,25 @@ class DigestKeeper:
         assert spool is not None
         with self._lock:
             above = self._above
+            head_seq, head_hash = self._head.seq, self._head.hash
+            complete = self._complete
             for event in batch:
                 integrity = event.integrity
                 if integrity is None or integrity["stream"] != stream:
                     continue
                 seq = integrity["seq"]
-                if seq > self._head.seq:
-                    self._head = ChainHead(stream, seq, integrity["hash"])
-                if seq > self._complete:
+                if seq > head_seq:
+                    head_seq, head_hash = seq, integrity["hash"]
+                if seq == complete + 1:  # the usual case: in chain order
+                    complete = seq
+                elif seq > complete:
                     above.add(seq)
-            while self._complete + 1 in above:
-                above.discard(self._complete + 1)
-                self._complete += 1
+            while complete + 1 in above:
+                above.discard(complete + 1)
+                complete += 1
+            self._complete = complete
+            if head_seq != self._head.seq:
+                self._head = ChainHead(stream, head_seq, head_hash)
             if len(above) > _MAX_OUT_OF_ORDER:  # events the pipeline dropped (and counted)
                 self._complete = min(above) - 1
                 while self._complete + 1 in above:
