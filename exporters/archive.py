@@ -447,7 +447,7 @@ def _in_seq_order(pairs: list[tuple[AuditEvent, bytes]]) -> list[tuple[AuditEven
 
 def _encode_jsonl(raw: bytes, level: int) -> bytes:
     # Level 3 by default: the hex digests of the chain do not compress, so higher levels cost
-    # 2.5x the CPU for 8% fewer bytes (measured in benchmarks/archive.py's notes).
+    # 2.5x the CPU for 8% fewer bytes (see docs/performance.md, archive throughput).
     return gzip.compress(raw, compresslevel=level, mtime=0)
 
 
