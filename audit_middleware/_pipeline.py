@@ -241,7 +241,7 @@ class DeliveryPipeline:
         export_retries: int,
         shutdown_timeout: float,
         on_built: Callable[[AuditEvent], None] | None = None,
-        seal: Callable[[Sequence[AuditEvent]], EventBatch] | None = None,
+        seal: Callable[[Sequence[AuditEvent], bool], EventBatch] | None = None,
     ) -> None:
         self._exporters = tuple(exporters)
         self._seal = seal
@@ -397,59 +397,61 @@ class DeliveryPipeline:
 
     def _finish(self, events: list[AuditEvent], fresh: list[bool]) -> tuple[EventBatch, list[bool]]:
         """Seal the events built here into the hash chain (one call for all) and render the
-        lines the exporters write; events queued already built pass as they are. An event that
-        cannot be sealed or rendered is counted and left out."""
-        seal = self._seal
-        if seal is None and not self.render_lines:
+        lines the exporters write, if any does; events queued already built pass as they are.
+        An event that cannot be sealed or rendered is counted and left out."""
+        seal, render = self._seal, self.render_lines
+        if seal is None and not render:
             batch = EventBatch(events)
             batch.lines = None
             return batch, fresh
         if seal is not None:
-            with contextlib.suppress(Exception):  # else find the culprit, one event at a time
+            # A failed seal advanced the chain for none: find the culprit one event at a time.
+            with contextlib.suppress(Exception):
                 if all(fresh):
-                    return seal(events), fresh  # (a failed seal advanced the chain for none)
-                return self._seal_fresh(seal, events, fresh), fresh
+                    return seal(events, render), fresh
+                return self._seal_fresh(seal, events, fresh, render), fresh
         batch = EventBatch()
-        lines: list[bytes] = []
+        lines: list[bytes] | None = [] if render else None
         kept: list[bool] = []
         for event, is_fresh in zip(events, fresh, strict=True):
             try:
                 if seal is not None and is_fresh:
-                    one = seal((event,))
-                    event, line = one[0], batch_lines(one)[0]
+                    one = seal((event,), render)
+                    event = one[0]
+                    line = batch_lines(one)[0] if render else b""
                 else:
-                    line = event_line(event)
+                    line = event_line(event) if render else b""
             except Exception:
                 self._build_errors += 1
                 logger.exception("could not seal or render an audit event; it is lost (counted)")
                 continue
             batch.append(event)
-            lines.append(line)
+            if lines is not None:
+                lines.append(line)
             kept.append(is_fresh)
         batch.lines = lines
         return batch, kept
 
     @staticmethod
     def _seal_fresh(
-        seal: Callable[[Sequence[AuditEvent]], EventBatch],
+        seal: Callable[[Sequence[AuditEvent], bool], EventBatch],
         events: list[AuditEvent],
         fresh: list[bool],
+        render: bool,
     ) -> EventBatch:
         """The batch with only its freshly built events sealed, in their order. The others are
-        rendered first, so that a failure leaves the chain where it was."""
-        pairs = zip(events, fresh, strict=True)
-        others = iter([event_line(event) for event, is_fresh in pairs if not is_fresh])
-        sealed = seal([event for event, is_fresh in zip(events, fresh, strict=True) if is_fresh])
-        new = iter(zip(sealed, batch_lines(sealed), strict=True))
+        rendered first (when rendering), so that a failure leaves the chain where it was."""
+        pairs = list(zip(events, fresh, strict=True))
+        others = iter([event_line(event) for event, is_fresh in pairs if render and not is_fresh])
+        sealed = seal([event for event, is_fresh in pairs if is_fresh], render)
+        new_events = iter(sealed)
+        new_lines = iter(batch_lines(sealed) if render else ())
         batch = EventBatch()
-        lines: list[bytes] = []
-        for event, is_fresh in zip(events, fresh, strict=True):
-            if is_fresh:
-                event, line = next(new)
-            else:
-                line = next(others)
-            batch.append(event)
-            lines.append(line)
+        lines: list[bytes] | None = [] if render else None
+        for event, is_fresh in pairs:
+            batch.append(next(new_events) if is_fresh else event)
+            if lines is not None:
+                lines.append(next(new_lines) if is_fresh else next(others))
         batch.lines = lines
         return batch
 

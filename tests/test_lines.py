@@ -153,7 +153,10 @@ def test_a_batch_that_cannot_be_sealed_whole_keeps_one_unbroken_chain() -> None:
     from audit_middleware.integrity import GENESIS
     from exporters.memory import InMemoryExporter
 
-    exporter = InMemoryExporter()
+    class Lines(InMemoryExporter):
+        writes_lines = True  # the batch's lines must be rendered: the broken event fails
+
+    exporter = Lines()
     auditor = Auditor(exporters=[exporter], batch_size=100, environ={})
     broken = AuditEvent(
         "id-x", "2026-11-27T10:00:00.000000Z", "doc.updated", "success", Actor("u"),
@@ -171,3 +174,29 @@ def test_a_batch_that_cannot_be_sealed_whole_keeps_one_unbroken_chain() -> None:
     assert (first.integrity["seq"], second.integrity["seq"]) == (1, 2)
     assert first.integrity["prev"] == GENESIS
     assert second.integrity["prev"] == first.integrity["hash"]
+
+
+def test_without_a_line_exporter_events_are_sealed_but_no_lines_rendered() -> None:
+    seen: list[EventBatch] = []
+
+    class Plain:
+        def export(self, batch: Sequence[AuditEvent]) -> ExportResult:
+            assert type(batch) is EventBatch
+            seen.append(batch)
+            return ExportResult.SUCCESS
+
+        def force_flush(self, timeout: float | None = None) -> bool:
+            return True
+
+        def shutdown(self, timeout: float | None = None) -> None:
+            return None
+
+    auditor = Auditor(exporters=[Plain()], environ={})
+    for n in range(3):
+        auditor.record("doc.updated", actor=Actor(f"u{n}"))
+    assert auditor.force_flush(5)
+    auditor.shutdown(5)
+    events = [event for batch in seen for event in batch]
+    assert [e.integrity["seq"] for e in events if e.integrity] == [1, 2, 3]
+    assert all(batch.lines is None for batch in seen)  # nobody writes lines: none rendered
+    assert batch_lines(seen[0]) == [orjson.dumps(e.to_dict()) + b"\n" for e in seen[0]]

@@ -88,28 +88,31 @@ class EventChain:
             self._started = True
             self._stream, self._seq, self._hash = head.stream, head.seq, head.hash
 
-    def seal(self, events: Sequence[AuditEvent]) -> EventBatch:
-        """``events`` with their integrity fields, and their JSON lines. Events that already
-        have integrity fields pass through."""
+    def seal(self, events: Sequence[AuditEvent], render: bool = True) -> EventBatch:
+        """``events`` with their integrity fields, and (``render``) their JSON lines. Events
+        that already have integrity fields pass through."""
         sealed = new_batch()
-        lines = sealed.lines
-        assert lines is not None
+        lines = sealed.lines if render else None
+        if not render:
+            sealed.lines = None
         with self._lock:
             self._ensure_started()
             stream, seq, prev = self._stream, self._seq, self._hash
             for event in events:
                 if event.integrity is not None:
                     sealed.append(event)
-                    lines.append(event_line(event))
+                    if lines is not None:
+                        lines.append(event_line(event))
                     continue
                 seq += 1
                 data = canonical_document(event)
                 data["integrity"] = {"prev": prev, "seq": seq, "stream": stream}
                 digest = hashlib.sha256(orjson.dumps(data, option=_OPTIONS)).hexdigest()
                 integrity = {"stream": stream, "seq": seq, "prev": prev, "hash": digest}
-                full = full_document(event)
-                full["integrity"] = integrity
-                lines.append(orjson.dumps(full) + b"\n")
+                if lines is not None:
+                    full = full_document(event)
+                    full["integrity"] = integrity
+                    lines.append(orjson.dumps(full) + b"\n")
                 sealed.append(_new(AuditEvent, (*event[:12], integrity, event[13])))
                 prev = digest
             self._seq, self._hash = seq, prev
