@@ -60,6 +60,7 @@ class Auditor:
         overflow: OverflowPolicy | None = None,
         batch_size: int | None = None,
         batch_interval: float | None = None,
+        loop_build: int | None = None,
         export_retries: int | None = None,
         shutdown_timeout: float | None = None,
         log_output: str | None = None,
@@ -90,6 +91,7 @@ class Auditor:
             "overflow": overflow,
             "batch_size": batch_size,
             "batch_interval": batch_interval,
+            "loop_build": loop_build,
             "export_retries": export_retries,
             "shutdown_timeout": shutdown_timeout,
             "log_output": log_output,
@@ -157,6 +159,7 @@ class Auditor:
             overflow=config.overflow,
             batch_size=config.batch_size,
             batch_interval=config.batch_interval,
+            loop_build=config.loop_build,
             export_retries=config.export_retries,
             shutdown_timeout=config.shutdown_timeout,
             on_built=_notify_observers,  # no-op unless capture_audit_events() is active

@@ -40,6 +40,7 @@ ENV: Final[Mapping[str, str]] = {
     "AUDIT_LOG_OVERFLOW": "drop_newest",
     "AUDIT_LOG_BATCH_SIZE": "512",
     "AUDIT_LOG_BATCH_INTERVAL": "0.5",
+    "AUDIT_LOG_LOOP_BUILD": "64",
     "AUDIT_LOG_EXPORT_RETRIES": "5",
     "AUDIT_LOG_SHUTDOWN_TIMEOUT": "5",
     "AUDIT_LOG_RULES": "",
@@ -96,6 +97,7 @@ class AuditConfig:
     overflow: OverflowPolicy
     batch_size: int
     batch_interval: float
+    loop_build: int
     export_retries: int
     shutdown_timeout: float
     rules_file: str
@@ -155,6 +157,7 @@ class AuditConfig:
             overflow=r.get("overflow", "AUDIT_LOG_OVERFLOW", _choice(OVERFLOW_POLICIES)),
             batch_size=r.get("batch_size", "AUDIT_LOG_BATCH_SIZE", _int(1, 100_000)),
             batch_interval=r.get("batch_interval", "AUDIT_LOG_BATCH_INTERVAL", _seconds),
+            loop_build=r.get("loop_build", "AUDIT_LOG_LOOP_BUILD", _int(0, 100_000)),
             export_retries=r.get("export_retries", "AUDIT_LOG_EXPORT_RETRIES", _int(0, 100)),
             shutdown_timeout=r.get("shutdown_timeout", "AUDIT_LOG_SHUTDOWN_TIMEOUT", _seconds),
             rules_file=r.get("rules_file", "AUDIT_LOG_RULES", _text),

@@ -4,6 +4,12 @@
 A dispatcher thread builds events in batches (by size or interval) and hands each batch to one
 *lane* per exporter: a thread with its own bounded backlog, retries with jittered backoff and
 counters, so a slow, failing or hung exporter never delays the others or the application.
+
+On an asyncio event loop (an ASGI server), the building is done on the loop instead, a few
+dozen queued requests per loop turn (``loop_build``), scheduled when that many are waiting. A
+CPU-bound dispatcher thread next to a loop that does I/O makes the loop wait for the GIL after
+every system call (the "convoy effect"); measured in ``benchmarks/server_variants.py``. The
+dispatcher thread still drains by interval, handles flushes and takes over when no loop runs.
 Every event that does not reach an exporter is counted and reported: overflow of the queue,
 overflow of a lane's backlog, retries exhausted, build errors, or a shutdown deadline.
 """
@@ -18,6 +24,8 @@ import random
 import threading
 import time
 import weakref
+from asyncio import AbstractEventLoop
+from asyncio import _get_running_loop as running_loop
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -242,6 +250,7 @@ class DeliveryPipeline:
         shutdown_timeout: float,
         on_built: Callable[[AuditEvent], None] | None = None,
         seal: Callable[[Sequence[AuditEvent], bool], EventBatch] | None = None,
+        loop_build: int = 0,
     ) -> None:
         self._exporters = tuple(exporters)
         self._seal = seal
@@ -256,6 +265,9 @@ class DeliveryPipeline:
         self.batch_interval = batch_interval
         self.export_retries = export_retries
         self.shutdown_timeout = shutdown_timeout
+        #: Queued requests built per event-loop turn when ``submit`` runs on a loop (0: never
+        #: build on the loop, only in the dispatcher thread).
+        self.loop_build = loop_build
         self._reset()
         _live_pipelines.add(self)
 
@@ -263,6 +275,10 @@ class DeliveryPipeline:
         self._queue: collections.deque[object] = collections.deque()
         self._wake = threading.Event()
         self._lock = threading.Lock()
+        # Held by whoever drains (dispatcher or loop); guards _pending, keeps batches in order.
+        self._drain_lock = threading.Lock()
+        self._pending: EventBatch | None = None  # built, not yet handed to the lanes
+        self._loop_drain: AbstractEventLoop | None = None  # the loop a drain is scheduled on
         self._started = False
         self._closed = False
         self._processed = 0
@@ -297,8 +313,15 @@ class DeliveryPipeline:
         if len(queue) >= self.queue_size or self._closed:
             return self._reject(item)
         queue.append(item)
-        if len(queue) >= self.batch_size and not self._wake.is_set():
-            self._wake.set()
+        waiting = len(queue)
+        if waiting >= self.batch_size:
+            if not self._wake.is_set():
+                self._wake.set()
+        elif self.loop_build and waiting >= self.loop_build and self._loop_drain is None:
+            loop = running_loop()
+            if loop is not None:
+                self._loop_drain = loop
+                loop.call_soon(self._drain_on_loop)
         return True
 
     def _reject(self, item: object) -> bool:
@@ -344,24 +367,56 @@ class DeliveryPipeline:
         while True:
             self._wake.wait(self.batch_interval)
             self._wake.clear()
-            if self._drain():
-                return
+            with self._drain_lock:
+                self._loop_drain = None  # a drain scheduled on a loop that closed is forgotten
+                if self._drain(None):
+                    return
 
-    def _drain(self) -> bool:
-        """Move everything queued to the lanes; True once a stop marker went through."""
+    def _drain_on_loop(self) -> None:
+        """Build up to ``loop_build`` queued requests on the event loop (never waits: when the
+        dispatcher is draining, it takes them); schedule the next turn if more are waiting."""
+        self._loop_drain = None
+        if not self._drain_lock.acquire(blocking=False):
+            return
+        try:
+            self._drain(self.loop_build)
+        except Exception:  # never let the audit break the loop; the dispatcher carries on
+            logger.exception("audit pipeline: building on the event loop failed")
+        finally:
+            self._drain_lock.release()
+        if self._closed:
+            return
+        waiting = len(self._queue)
+        if waiting >= self.batch_size:
+            self._wake.set()
+        elif waiting >= self.loop_build and self._loop_drain is None:
+            loop = running_loop()
+            if loop is not None:
+                self._loop_drain = loop
+                loop.call_soon(self._drain_on_loop)
+
+    def _drain(self, limit: int | None) -> bool:
+        """Build what is queued, up to ``limit`` items and up to a flush marker when a limit is
+        given (an event-loop turn), all of it otherwise (the dispatcher, which then also hands
+        over the partial batch). True once a stop marker went through. Hold ``_drain_lock``."""
         queue = self._queue
         build = self._build
-        batch_size = self.batch_size
+        chunk = self.batch_size if limit is None else min(limit, self.batch_size)
         events: list[AuditEvent] = []
         fresh: list[bool] = []  # built here, not queued already built
+        taken = 0
         while queue:
+            if limit is not None and (taken >= limit or type(queue[0]) is _Marker):
+                break
             try:
                 item = queue.popleft()
             except IndexError:
                 break
+            taken += 1
             if type(item) is _Marker:
-                self._dispatch(events, fresh)
+                self._add(events, fresh)
                 events, fresh = [], []
+                self._hand_over()
                 for lane in self._lanes:
                     lane.put(item)
                 if item.stop:
@@ -377,13 +432,17 @@ class DeliveryPipeline:
             for event in built:
                 events.append(event)
                 fresh.append(event is not item)
-            if len(events) >= batch_size:
-                self._dispatch(events, fresh)
+            if len(events) >= chunk:
+                self._add(events, fresh)
                 events, fresh = [], []
-        self._dispatch(events, fresh)
+        self._add(events, fresh)
+        if limit is None:
+            self._hand_over()
         return False
 
-    def _dispatch(self, events: list[AuditEvent], fresh: list[bool]) -> None:
+    def _add(self, events: list[AuditEvent], fresh: list[bool]) -> None:
+        """Seal and render ``events`` and add them to the pending batch; hand the pending batch
+        to the lanes first if they would not fit in it."""
         if not events:
             return
         batch, fresh = self._finish(events, fresh)
@@ -391,6 +450,27 @@ class DeliveryPipeline:
             for event, is_fresh in zip(batch, fresh, strict=True):
                 if is_fresh:
                     self._on_built(event)
+        if not batch:
+            return
+        pending = self._pending
+        if pending is not None and len(pending) + len(batch) > self.batch_size:
+            self._hand_over()
+            pending = None
+        if pending is None:
+            self._pending = batch
+        else:
+            pending.extend(batch)
+            if pending.lines is not None:
+                if batch.lines is None:
+                    pending.lines = None
+                else:
+                    pending.lines.extend(batch.lines)
+        if len(self._pending or ()) >= self.batch_size:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Give the pending batch to every lane."""
+        batch, self._pending = self._pending, None
         if batch:
             for lane in self._lanes:
                 lane.put(batch)
@@ -502,8 +582,10 @@ class DeliveryPipeline:
 
     def stats(self) -> PipelineStats:
         """A snapshot of the counters."""
+        pending = self._pending
         return PipelineStats(
-            queued=sum(1 for item in list(self._queue) if not isinstance(item, _Marker)),
+            queued=sum(1 for item in list(self._queue) if not isinstance(item, _Marker))
+            + (0 if pending is None else len(pending)),
             processed=self._processed,
             dropped_overflow=self._dropped_overflow,
             dropped_closed=self._dropped_closed,

@@ -12,7 +12,9 @@ Variants (names can be combined with modifiers, e.g. ``audit-nogc``):
 * ``path``: audit, but the pipeline's ``submit`` is a no-op (the request path only);
 * ``queued``: audit, events are queued and drained, but nothing is built or exported;
 * ``-nogc``: the garbage collector off in the server; ``-sw<ms>``: interpreter switch interval;
-* ``-b<n>``: pipeline batch size; ``-noint``: without the integrity chain.
+* ``-b<n>``: pipeline batch size; ``-noint``: without the integrity chain;
+* ``-lb<n>``: requests built per event-loop turn (``loop_build``; ``-lb0``: all in the
+  dispatcher thread, as before it was the default).
 
 It also measures, without a server or threads, the audit's CPU per request split into the
 request path and the background work (build, chain, rendering, log export) done on one thread.
@@ -39,7 +41,7 @@ import uvicorn
 
 from benchmarks import overhead as ob
 
-DEFAULT_VARIANTS = ("bare", "path", "queued", "audit", "audit-nogc")
+DEFAULT_VARIANTS = ("bare", "path", "audit", "audit-lb0")
 
 
 def serve(variant: str, conn: Connection) -> None:
@@ -50,6 +52,8 @@ def serve(variant: str, conn: Connection) -> None:
     pipeline = auditor.pipeline
     if match := re.search(r"-b(\d+)", variant):
         pipeline.batch_size = int(match.group(1))
+    if match := re.search(r"-lb(\d+)", variant):
+        pipeline.loop_build = int(match.group(1))
     if match := re.search(r"-sw(\d+)", variant):
         sys.setswitchinterval(int(match.group(1)) / 1000)
     if variant.startswith("path"):
