@@ -23,6 +23,7 @@ from audit_middleware._config import AuditConfig
 from audit_middleware._context import RequestContext, org_was_set
 from audit_middleware._event import (
     ANONYMOUS,
+    SCHEMA_VERSION,
     Actor,
     AuditEvent,
     ClientInfo,
@@ -49,6 +50,7 @@ _METHODS: Final = frozenset(
     {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
 )
 _EMPTY: Final[Mapping[str, Any]] = MappingProxyType({})
+_new_event: Final = tuple.__new__
 
 
 class ExplicitRecord(NamedTuple):
@@ -144,18 +146,25 @@ class EventBuilder:
         if ctx.metadata:
             metadata = {**(metadata or {}), **ctx.metadata}
         event_id = uuid7(ctx.started_ns)
-        return AuditEvent(
-            event_id,
-            format_timestamp(ctx.started_ns),
-            action,
-            outcome,
-            actor,
-            None if org is None else self._org(org),
-            target,
-            *self._request_info(view, params, match.route, event_id, ctx, status),
-            None if ctx.error_type is None else ErrorInfo(ctx.error_type[:256]),
-            self.redactor.metadata(metadata) if metadata else _EMPTY,
-            ctx.trace,
+        request, client = self._request_info(view, params, match.route, event_id, ctx, status)
+        return _new_event(  # AuditEvent(...) without the named tuple's Python-level __new__
+            AuditEvent,
+            (
+                event_id,
+                format_timestamp(ctx.started_ns),
+                action,
+                outcome,
+                actor,
+                None if org is None else self._org(org),
+                target,
+                request,
+                client,
+                None if ctx.error_type is None else ErrorInfo(ctx.error_type[:256]),
+                self.redactor.metadata(metadata) if metadata else _EMPTY,
+                ctx.trace,
+                None,
+                SCHEMA_VERSION,
+            ),
         )
 
     def _org_from_params(self, params: Mapping[str, str]) -> str | None:

@@ -11,6 +11,7 @@ __all__ = ["format_timestamp", "uuid7"]
 _lock = threading.Lock()
 _last_ms = 0
 _counter = 0
+_prefix: tuple[int, str] = (-1, "")  # the last millisecond's 48 bits as "xxxxxxxx-xxxx-"
 
 
 def uuid7(unix_ns: int | None = None) -> str:
@@ -20,8 +21,8 @@ def uuid7(unix_ns: int | None = None) -> str:
     so they sort in creation order; 62 random bits make them unique across processes and hosts
     (the ``random`` module is reseeded from the OS at start-up and after ``fork``).
     """
-    global _last_ms, _counter
-    ms = (time.time_ns() if unix_ns is None else unix_ns) // 1_000_000
+    global _last_ms, _counter, _prefix
+    ms = ((time.time_ns() if unix_ns is None else unix_ns) // 1_000_000) & 0xFFFF_FFFF_FFFF
     with _lock:
         if ms == _last_ms and _counter < 0xFFF:
             _counter += 1
@@ -31,14 +32,14 @@ def uuid7(unix_ns: int | None = None) -> str:
             if ms >= _last_ms:
                 _last_ms = ms
                 _counter = counter
-    # 48-bit ms | version 7 + 12-bit counter | variant 10 + 62 random bits
-    h = "%032x" % (  # the fastest way to 32 hex digits
-        (ms & 0xFFFF_FFFF_FFFF) << 80
-        | (0x7000 | counter) << 64
-        | 0x8000_0000_0000_0000
-        | random.getrandbits(62)
-    )
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    prefix_ms, prefix = _prefix
+    if prefix_ms != ms:  # ids cluster within a millisecond: format its part once
+        h = f"{ms:012x}"
+        prefix = f"{h[:8]}-{h[8:]}-"
+        _prefix = (ms, prefix)
+    # version 7 + 12-bit counter | variant 10 + 62 random bits
+    tail = "%016x" % (0x8000_0000_0000_0000 | random.getrandbits(62))
+    return f"{prefix}7{counter:03x}-{tail[:4]}-{tail[4:]}"
 
 
 _ts_cache: tuple[int, str] = (-1, "")
