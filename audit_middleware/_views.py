@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from types import MappingProxyType
+from typing import Any, Final, NamedTuple
 
 __all__ = [
     "RequestView",
@@ -26,6 +27,10 @@ class RequestView(NamedTuple):
     peer: str | None
     path_params: Mapping[str, Any]
     route: str | None
+
+
+_new_view: Final = tuple.__new__
+_NO_PARAMS: Final[Mapping[str, Any]] = MappingProxyType({})
 
 
 def route_template(scope: Mapping[str, Any]) -> str | None:
@@ -52,14 +57,19 @@ def asgi_view(scope: Mapping[str, Any]) -> RequestView:
     client = scope.get("client")
     peer = client[0] if client else None
     params = scope.get("path_params")
-    return RequestView(
-        str(scope.get("method", "GET")),
-        str(scope.get("path", "")),
-        scope.get("query_string") or b"",
-        scope.get("headers") or (),
-        peer if isinstance(peer, str) else None,
-        params if isinstance(params, Mapping) else {},
-        route_template(scope) if "route" in scope else None,
+    method = scope.get("method", "GET")
+    path = scope.get("path", "")
+    return _new_view(  # RequestView(...) without the named tuple's Python-level __new__
+        RequestView,
+        (
+            method if type(method) is str else str(method),
+            path if type(path) is str else str(path),
+            scope.get("query_string") or b"",
+            scope.get("headers") or (),
+            peer if type(peer) is str else None,
+            params if type(params) is dict or isinstance(params, Mapping) else _NO_PARAMS,
+            route_template(scope) if "route" in scope else None,
+        ),
     )
 
 

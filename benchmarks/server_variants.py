@@ -4,7 +4,8 @@ A diagnostic for the HTTP ratio of ``benchmarks/overhead.py`` (not a target of i
 variant is the hello-world app of that benchmark served by uvicorn in its own process, loaded
 with the same bounded generator; the variants run interleaved, round by round. It prints, per
 variant, the median requests/s and the server process's CPU per request (every thread, from
-``/proc/<pid>/stat``), and the CPU added over ``bare``.
+``/proc/<pid>/stat``), and, paired round by round with ``bare``, the throughput ratio and the
+CPU added.
 
 Variants (names can be combined with modifiers, e.g. ``audit-nogc``):
 
@@ -144,13 +145,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"with the background work {total:.1f} (background {total - path:.1f})"
     )
     results = asyncio.run(measure(variants, args.rounds))
-    bare_cpu = statistics.median(cpu for _, cpu in results["bare"])
-    print(f"{'variant':<16}{'req/s':>8}{'server CPU µs/req':>20}{'added':>8}")
+    bare = results["bare"]
+    print(f"{'variant':<16}{'req/s':>8}{'÷ bare':>8}{'server CPU µs/req':>20}{'added':>8}")
     for name in variants:
-        rps = statistics.median(r for r, _ in results[name])
-        cpu = statistics.median(c for _, c in results[name])
-        added = "-" if name == "bare" else f"{cpu - bare_cpu:+.0f}"
-        print(f"{name:<16}{rps:>8.0f}{cpu:>20.1f}{added:>8}")
+        rows = results[name]
+        # Paired with the bare run of the same round: the host's speed drifts between rounds.
+        ratio = statistics.median(r / b for (r, _), (b, _) in zip(rows, bare, strict=True))
+        added = statistics.median(c - b for (_, c), (_, b) in zip(rows, bare, strict=True))
+        rps = statistics.median(r for r, _ in rows)
+        cpu = statistics.median(c for _, c in rows)
+        shown = "-" if name == "bare" else f"{added:+.0f}"
+        print(f"{name:<16}{rps:>8.0f}{ratio:>8.2f}{cpu:>20.1f}{shown:>8}")
+    print("÷ bare and added: medians over rounds of the variant against that round's bare run")
     return 0
 
 
