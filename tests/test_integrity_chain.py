@@ -379,9 +379,9 @@ _json = st.recursive(
 )
 _events_strategy = st.builds(
     AuditEvent,
-    id=st.just("0190a0b0-0000-7000-8000-000000000001"),
-    occurred_at=st.just("2026-11-27T10:00:00.000000Z"),
-    action=st.just("doc.updated"),
+    id=st.just("0190a0b0-0000-7000-8000-000000000001") | _text,
+    occurred_at=st.just("2026-11-27T10:00:00.000000Z") | _text,
+    action=st.sampled_from(["doc.updated", "user.login.failed"]) | _text,
     outcome=st.sampled_from(["success", "denied", "failure", "error"]),
     actor=st.builds(Actor, id=_text, email=st.none() | _text, name=st.none() | _text)
     | st.just(ANONYMOUS),
@@ -391,7 +391,7 @@ _events_strategy = st.builds(
     | st.builds(
         RequestInfo,
         id=_text,
-        method=st.just("POST"),
+        method=st.sampled_from(["POST", "GET"]) | _text,
         path=_text,
         route=st.none() | _text,
         status=st.none() | st.integers(100, 599),
