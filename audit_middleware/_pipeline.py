@@ -7,9 +7,11 @@ counters, so a slow, failing or hung exporter never delays the others or the app
 
 On an asyncio event loop (an ASGI server), the building is done on the loop instead, a few
 dozen queued requests per loop turn (``loop_build``), scheduled when that many are waiting. A
-CPU-bound dispatcher thread next to a loop that does I/O makes the loop wait for the GIL after
-every system call (the "convoy effect"); measured in ``benchmarks/server_variants.py``. The
-dispatcher thread still drains by interval, handles flushes and takes over when no loop runs.
+CPU-bound dispatcher thread next to a loop that does I/O holds the GIL for up to a switch
+interval (5 ms) at a time, and the loop waits for it after its system calls; on the loop, the
+pause is one chunk long. ``benchmarks/server_variants.py`` compares both (``audit``,
+``audit-lb0``). The dispatcher thread still drains by interval, handles flushes and takes over
+when no loop runs.
 Every event that does not reach an exporter is counted and reported: overflow of the queue,
 overflow of a lane's backlog, retries exhausted, build errors, or a shutdown deadline.
 """
