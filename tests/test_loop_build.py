@@ -38,9 +38,24 @@ def _assert_chain_unbroken(events: Sequence[AuditEvent]) -> None:
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
 
 
+def _assert_delivered_in_order(auditor: MemoryAuditor, expected: list[int]) -> None:
+    """Every expected event arrived, in order, with an unbroken chain."""
+    events = auditor.wait_for(len(expected))
+    assert [e.metadata["i"] for e in events] == expected
+    _assert_chain_unbroken(events)
+
+
 def _record(auditor: Auditor, first: int, n: int) -> None:
     for i in range(first, first + n):
         auditor.record("test.event", metadata={"i": i})
+
+
+async def _record_turn_by_turn(auditor: Auditor, first: int, n: int) -> None:
+    """Record events ``first`` to ``first + n - 1`` with a loop turn after each, as between
+    requests."""
+    for i in range(first, first + n):
+        _record(auditor, i, 1)
+        await asyncio.sleep(0)
 
 
 def test_on_an_event_loop_the_loop_builds_in_chunks(
@@ -49,18 +64,11 @@ def test_on_an_event_loop_the_loop_builds_in_chunks(
     auditor = make_auditor(loop_build=8, batch_size=512, batch_interval=60)
     threads = _watch_builds(auditor)
 
-    async def main() -> None:
-        for i in range(20):
-            _record(auditor, i, 1)
-            await asyncio.sleep(0)  # a loop turn, as between requests
-
-    asyncio.run(main())
+    asyncio.run(_record_turn_by_turn(auditor, 0, 20))
     assert threads[:16] == ["MainThread"] * 16  # two chunks of 8, on the loop's thread
     assert len(threads) == 16  # the last 4 are below a chunk: they wait for the dispatcher
-    events = auditor.wait_for(20)
+    _assert_delivered_in_order(auditor, list(range(20)))
     assert threads[16:] == ["audit-dispatcher"] * 4
-    assert [e.metadata["i"] for e in events] == list(range(20))
-    _assert_chain_unbroken(events)
 
 
 def test_loop_build_zero_builds_only_in_the_dispatcher(
@@ -69,16 +77,10 @@ def test_loop_build_zero_builds_only_in_the_dispatcher(
     auditor = make_auditor(loop_build=0, batch_size=512, batch_interval=60)
     threads = _watch_builds(auditor)
 
-    async def main() -> None:
-        for i in range(40):
-            _record(auditor, i, 1)
-            await asyncio.sleep(0)
-
-    asyncio.run(main())
+    asyncio.run(_record_turn_by_turn(auditor, 0, 40))
     assert threads == []
-    events = auditor.wait_for(40)
+    _assert_delivered_in_order(auditor, list(range(40)))
     assert set(threads) == {"audit-dispatcher"}
-    assert [e.metadata["i"] for e in events] == list(range(40))
 
 
 def test_built_events_waiting_for_a_full_batch_are_counted_and_flushed_in_order(
@@ -87,23 +89,17 @@ def test_built_events_waiting_for_a_full_batch_are_counted_and_flushed_in_order(
     auditor = make_auditor(loop_build=4, batch_size=512, batch_interval=60)
 
     async def main() -> None:
-        for i in range(10):
-            _record(auditor, i, 1)
-            await asyncio.sleep(0)
+        await _record_turn_by_turn(auditor, 0, 10)
         # 8 built on the loop (pending, below a batch), 2 still queued: all count as queued
         assert auditor.stats().queued == 10
         assert auditor.memory.events == []
         # A flush from another thread while the loop keeps recording.
         flushed = asyncio.get_running_loop().run_in_executor(None, auditor.force_flush, 10)
-        for i in range(10, 30):
-            _record(auditor, i, 1)
-            await asyncio.sleep(0)
+        await _record_turn_by_turn(auditor, 10, 20)
         assert await flushed
 
     asyncio.run(main())
-    events = auditor.wait_for(30)
-    assert [e.metadata["i"] for e in events] == list(range(30))
-    _assert_chain_unbroken(events)
+    _assert_delivered_in_order(auditor, list(range(30)))
     assert auditor.stats().queued == 0
     assert auditor.stats().dropped == 0
 
@@ -123,20 +119,13 @@ def test_a_loop_that_closes_with_a_build_scheduled_loses_nothing(
     loop.call_soon(submit_and_stop)
     loop.run_forever()
     loop.close()
-    events = auditor.wait_for(6)  # the dispatcher builds them
+    _assert_delivered_in_order(auditor, list(range(6)))  # the dispatcher builds them
     assert set(threads) == {"audit-dispatcher"}
     threads.clear()
 
-    async def main() -> None:  # a later loop gets its builds again
-        for i in range(6, 14):
-            _record(auditor, i, 1)
-            await asyncio.sleep(0)
-
-    asyncio.run(main())
+    asyncio.run(_record_turn_by_turn(auditor, 6, 8))  # a later loop gets its builds again
     assert threads == ["MainThread"] * 8
-    events = auditor.wait_for(14)
-    assert [e.metadata["i"] for e in events] == list(range(14))
-    _assert_chain_unbroken(events)
+    _assert_delivered_in_order(auditor, list(range(14)))
 
 
 def test_a_build_that_raises_on_the_loop_is_counted_and_the_rest_delivered(
@@ -154,16 +143,9 @@ def test_a_build_that_raises_on_the_loop_is_counted_and_the_rest_delivered(
 
     pipeline._build = flaky
 
-    async def main() -> None:
-        for i in range(12):
-            _record(auditor, i, 1)
-            await asyncio.sleep(0)
-
-    asyncio.run(main())
-    events = auditor.wait_for(11)
-    assert [e.metadata["i"] for e in events] == [i for i in range(12) if i != 5]
+    asyncio.run(_record_turn_by_turn(auditor, 0, 12))
+    _assert_delivered_in_order(auditor, [i for i in range(12) if i != 5])
     assert auditor.stats().build_errors == 1
-    _assert_chain_unbroken(events)
 
 
 async def _hello(request: Request) -> PlainTextResponse:
