@@ -12,6 +12,8 @@ _lock = threading.Lock()
 _last_ms = 0
 _counter = 0
 _prefix: tuple[int, str] = (-1, "")  # the last millisecond's 48 bits as "xxxxxxxx-xxxx-"
+_getrandbits = random.getrandbits  # the module's generator, reseeded in place after fork
+_VERSION_AND_COUNTER = [f"7{n:03x}-" for n in range(4096)]
 
 
 def uuid7(unix_ns: int | None = None) -> str:
@@ -28,7 +30,7 @@ def uuid7(unix_ns: int | None = None) -> str:
             _counter += 1
             counter = _counter
         else:
-            counter = random.getrandbits(11)  # a random start leaves room to count upwards
+            counter = _getrandbits(11)  # a random start leaves room to count upwards
             if ms >= _last_ms:
                 _last_ms = ms
                 _counter = counter
@@ -37,9 +39,9 @@ def uuid7(unix_ns: int | None = None) -> str:
         h = f"{ms:012x}"
         prefix = f"{h[:8]}-{h[8:]}-"
         _prefix = (ms, prefix)
-    # version 7 + 12-bit counter | variant 10 + 62 random bits
-    tail = "%016x" % (0x8000_0000_0000_0000 | random.getrandbits(62))
-    return f"{prefix}7{counter:03x}-{tail[:4]}-{tail[4:]}"
+    # variant 10 + 62 random bits, as "vrrr-rrrrrrrrrrrr" (hex() groups from the right)
+    tail = (0x8000_0000_0000_0000 | _getrandbits(62)).to_bytes(8, "big").hex("-", 6)
+    return prefix + _VERSION_AND_COUNTER[counter] + tail
 
 
 _ts_cache: tuple[int, str] = (-1, "")
