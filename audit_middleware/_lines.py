@@ -21,7 +21,15 @@ import orjson
 
 from audit_middleware._event import ANONYMOUS, AuditEvent, RequestInfo
 
-__all__ = ["EventBatch", "IdentityCache", "batch_lines", "event_line", "full_document", "new_batch"]
+__all__ = [
+    "EventBatch",
+    "IdentityCache",
+    "batch_lines",
+    "event_line",
+    "extend_batch",
+    "full_document",
+    "new_batch",
+]
 
 _CACHE_SIZE: Final = 4096
 # Shared parts of documents (documents are serialized, never changed).
@@ -42,6 +50,16 @@ def new_batch() -> EventBatch:
     batch = EventBatch()
     batch.lines = []
     return batch
+
+
+def extend_batch(batch: EventBatch, more: EventBatch) -> None:
+    """Append ``more``'s events to ``batch``, and its lines while both have them."""
+    batch.extend(more)
+    if batch.lines is not None:
+        if more.lines is None:
+            batch.lines = None
+        else:
+            batch.lines.extend(more.lines)
 
 
 def batch_lines(batch: Sequence[AuditEvent]) -> list[bytes]:

@@ -4,6 +4,8 @@
 A dispatcher thread builds events in batches (by size or interval) and hands each batch to one
 *lane* per exporter: a thread with its own bounded backlog, retries with jittered backoff and
 counters, so a slow, failing or hung exporter never delays the others or the application.
+Every event that does not reach an exporter is counted and reported: overflow of the queue,
+overflow of a lane's backlog, retries exhausted, build errors, or a shutdown deadline.
 
 On an asyncio event loop (an ASGI server), the building is done on the loop instead, a few
 dozen queued requests per loop turn (``loop_build``), scheduled when that many are waiting. A
@@ -12,8 +14,6 @@ interval (5 ms) at a time, and the loop waits for it after its system calls; on 
 pause is one chunk long. ``benchmarks/server_variants.py`` compares both (``audit``,
 ``audit-lb0``). The dispatcher thread still drains by interval, handles flushes and takes over
 when no loop runs.
-Every event that does not reach an exporter is counted and reported: overflow of the queue,
-overflow of a lane's backlog, retries exhausted, build errors, or a shutdown deadline.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from typing import Final
 from audit_middleware._config import OverflowPolicy
 from audit_middleware._event import AuditEvent
 from audit_middleware._export import Exporter, ExportResult
-from audit_middleware._lines import EventBatch, batch_lines, event_line, new_batch
+from audit_middleware._lines import EventBatch, batch_lines, event_line, extend_batch, new_batch
 from audit_middleware._warn import logger, warn_limited
 
 __all__ = ["DeliveryPipeline", "ExporterStats", "PipelineStats"]
@@ -180,15 +180,8 @@ class _Lane:
         if not items or type(items[0]) is not EventBatch:
             return batch
         merged = new_batch()
-        lines = merged.lines
-        assert lines is not None
         while True:
-            merged.extend(batch)
-            if lines is not None:
-                if batch.lines is None:
-                    merged.lines = lines = None
-                else:
-                    lines.extend(batch.lines)
+            extend_batch(merged, batch)
             if not items or type(items[0]) is not EventBatch:
                 break
             if len(merged) + len(items[0]) > self.merge_up_to:
@@ -320,11 +313,15 @@ class DeliveryPipeline:
             if not self._wake.is_set():
                 self._wake.set()
         elif self.loop_build and waiting >= self.loop_build and self._loop_drain is None:
-            loop = running_loop()
-            if loop is not None:
-                self._loop_drain = loop
-                loop.call_soon(self._drain_on_loop)
+            self._schedule_loop_drain()
         return True
+
+    def _schedule_loop_drain(self) -> None:
+        """Have the running event loop, if any, build the next chunk on its next turn."""
+        loop = running_loop()
+        if loop is not None:
+            self._loop_drain = loop
+            loop.call_soon(self._drain_on_loop)
 
     def _reject(self, item: object) -> bool:
         with self._lock:
@@ -392,10 +389,7 @@ class DeliveryPipeline:
         if waiting >= self.batch_size:
             self._wake.set()
         elif waiting >= self.loop_build and self._loop_drain is None:
-            loop = running_loop()
-            if loop is not None:
-                self._loop_drain = loop
-                loop.call_soon(self._drain_on_loop)
+            self._schedule_loop_drain()
 
     def _drain(self, limit: int | None) -> bool:
         """Build what is queued, up to ``limit`` items and up to a flush marker when a limit is
@@ -459,15 +453,10 @@ class DeliveryPipeline:
             self._hand_over()
             pending = None
         if pending is None:
-            self._pending = batch
+            self._pending = pending = batch
         else:
-            pending.extend(batch)
-            if pending.lines is not None:
-                if batch.lines is None:
-                    pending.lines = None
-                else:
-                    pending.lines.extend(batch.lines)
-        if len(self._pending or ()) >= self.batch_size:
+            extend_batch(pending, batch)
+        if len(pending) >= self.batch_size:
             self._hand_over()
 
     def _hand_over(self) -> None:
