@@ -66,7 +66,7 @@ def asgi_view(scope: Mapping[str, Any]) -> RequestView:
             path if type(path) is str else str(path),
             scope.get("query_string") or b"",
             scope.get("headers") or (),
-            peer if type(peer) is str else None,
+            peer if type(peer) is str or isinstance(peer, str) else None,
             params if type(params) is dict or isinstance(params, Mapping) else _NO_PARAMS,
             route_template(scope) if "route" in scope else None,
         ),
