@@ -23,12 +23,11 @@ import orjson
 from audit_middleware._event import AuditEvent
 from audit_middleware._lines import EventBatch, event_line, full_document, new_batch
 from audit_middleware.integrity._canonical import GENESIS
-from audit_middleware.integrity._document import canonical_document
+from audit_middleware.integrity._document import canonical_json
 
 __all__ = ["ChainHead", "EventChain", "new_stream_id"]
 
 _UNSAFE: Final = re.compile(r"[^A-Za-z0-9.-]")
-_OPTIONS: Final = orjson.OPT_SORT_KEYS
 
 
 def new_stream_id() -> str:
@@ -105,9 +104,8 @@ class EventChain:
                         lines.append(event_line(event))
                     continue
                 seq += 1
-                data = canonical_document(event)
-                data["integrity"] = {"prev": prev, "seq": seq, "stream": stream}
-                digest = hashlib.sha256(orjson.dumps(data, option=_OPTIONS)).hexdigest()
+                canonical = canonical_json(event, {"prev": prev, "seq": seq, "stream": stream})
+                digest = hashlib.sha256(canonical).hexdigest()
                 integrity = {"stream": stream, "seq": seq, "prev": prev, "hash": digest}
                 if lines is not None:
                     full = full_document(event)
