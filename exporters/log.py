@@ -32,15 +32,15 @@ def _render(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> b
 
 
 class StructlogExporter:
-    """Write each event as one JSON log line: the event's canonical JSON (null members left
-    out, keys sorted, ``integrity.hash`` included) plus ``event`` (the action), ``logger``
+    """Write each event as one JSON log line: the event's JSON (every schema field, in the
+    schema's order, as ``event.to_dict()`` gives it) plus ``event`` (the action), ``logger``
     (``"audit"``) and ``level`` (``"info"``).
 
     ``output`` is ``"stdout"``, ``"stderr"``, a file path (appended to) or a binary file object.
     """
 
     #: Batches from the pipeline come with each event's JSON line rendered, and batches that
-    #: queued up behind a slow write are merged into one (one write, one fsync per partition).
+    #: queued up behind a slow write are merged into one (one write for all).
     writes_lines = True
     merges_batches = True
 
