@@ -6,6 +6,7 @@ Capture happens here; delivery lives in the ``exporters`` package.
 
 from audit_middleware._asgi import AuditMiddleware
 from audit_middleware._auditor import Auditor, get_default_auditor, record
+from audit_middleware._batch import EventBatch, batch_lines
 from audit_middleware._bruteforce import BruteForcePolicy
 from audit_middleware._client_ip import ProxyTrust
 from audit_middleware._config import ENV, AuditConfig, AuditConfigError
@@ -28,7 +29,6 @@ from audit_middleware._event import (
 )
 from audit_middleware._export import Exporter, ExportResult
 from audit_middleware._jwt import JWTConfig
-from audit_middleware._lines import EventBatch, batch_lines
 from audit_middleware._pipeline import ExporterStats, PipelineStats
 from audit_middleware._rules import Rule
 from audit_middleware._rules_file import RulesFileError, load_rules_file

@@ -10,6 +10,7 @@ from types import EllipsisType
 from typing import Any
 
 from audit_middleware import _hooks
+from audit_middleware._batch import EventBatch
 from audit_middleware._bruteforce import BruteForceDetector, BruteForcePolicy
 from audit_middleware._builder import EventBuilder, ExplicitRecord
 from audit_middleware._client_ip import ProxyTrust
@@ -19,7 +20,6 @@ from audit_middleware._event import ANONYMOUS, OUTCOMES, Actor, AuditEvent, Outc
 from audit_middleware._export import DurableExporter, Exporter
 from audit_middleware._jwt import JWTConfig, JWTVerifier
 from audit_middleware._jwt_setup import jwt_from_config, jwt_from_rules_file
-from audit_middleware._lines import EventBatch
 from audit_middleware._pipeline import DeliveryPipeline, PipelineStats
 from audit_middleware._rules import Rule, RuleSet, Source, UnmatchedPolicy, is_valid_action
 from audit_middleware._rules_file import load_rules_file

@@ -2,7 +2,8 @@
 
 A line is ``orjson.dumps(event.to_dict()) + b"\\n"``: every schema field, in the schema's order,
 absent values as ``null``. The dispatcher renders it (the hash chain right after hashing the
-event) and the pipeline hands the lines to the exporters with the batch (:class:`EventBatch`),
+event) and the pipeline hands the lines to the exporters with the batch
+(:class:`~audit_middleware._batch.EventBatch`),
 so the log and the archive write them without serializing the event again. The parts of
 events that the builder shares between requests (client, headers) are converted once and
 remembered.
@@ -14,61 +15,18 @@ wait in a backlog.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, Final
 
 import orjson
 
 from audit_middleware._event import ANONYMOUS, AuditEvent, RequestInfo
 
-__all__ = [
-    "EventBatch",
-    "IdentityCache",
-    "batch_lines",
-    "event_line",
-    "extend_batch",
-    "full_document",
-    "new_batch",
-]
+__all__ = ["IdentityCache", "event_line", "full_document"]
 
 _CACHE_SIZE: Final = 4096
 # Shared parts of documents (documents are serialized, never changed).
 _ANONYMOUS: Final = {"id": None, "type": "anonymous"}
 _NOTHING: Final[dict[str, Any]] = {}
-
-
-class EventBatch(list[AuditEvent]):
-    """A batch of events with their :func:`event_line` renderings, index for index
-    (``lines`` is None when they were not all rendered). Make one with :func:`new_batch`."""
-
-    __slots__ = ("lines",)
-    lines: list[bytes] | None
-
-
-def new_batch() -> EventBatch:
-    """An empty :class:`EventBatch` with an empty list of lines."""
-    batch = EventBatch()
-    batch.lines = []
-    return batch
-
-
-def extend_batch(batch: EventBatch, more: EventBatch) -> None:
-    """Append ``more``'s events to ``batch``, and its lines while both have them."""
-    batch.extend(more)
-    if batch.lines is not None:
-        if more.lines is None:
-            batch.lines = None
-        else:
-            batch.lines.extend(more.lines)
-
-
-def batch_lines(batch: Sequence[AuditEvent]) -> list[bytes]:
-    """The lines of ``batch``: rendered already when it is a complete :class:`EventBatch`."""
-    if type(batch) is EventBatch:
-        lines = batch.lines
-        if lines is not None and len(lines) == len(batch):
-            return lines
-    return [event_line(event) for event in batch]
 
 
 def event_line(event: AuditEvent) -> bytes:

@@ -32,10 +32,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from audit_middleware._batch import EventBatch, batch_lines, extend_batch, new_batch
 from audit_middleware._config import OverflowPolicy
 from audit_middleware._event import AuditEvent
 from audit_middleware._export import Exporter, ExportResult
-from audit_middleware._lines import EventBatch, batch_lines, event_line, extend_batch, new_batch
+from audit_middleware._lines import event_line
 from audit_middleware._warn import logger, warn_limited
 
 __all__ = ["DeliveryPipeline", "ExporterStats", "PipelineStats"]

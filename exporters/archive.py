@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+from audit_middleware._batch import batch_lines
 from audit_middleware._event import AuditEvent
 from audit_middleware._export import ExportResult
-from audit_middleware._lines import batch_lines
 from audit_middleware._warn import logger, warn_limited
 from audit_middleware.integrity._chain import ChainHead
 from audit_middleware.integrity._keys import SigningKey

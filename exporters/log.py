@@ -17,9 +17,9 @@ import orjson
 import structlog
 from structlog.typing import Processor
 
+from audit_middleware._batch import batch_lines
 from audit_middleware._event import AuditEvent
 from audit_middleware._export import ExportResult
-from audit_middleware._lines import batch_lines
 
 __all__ = ["StructlogExporter"]
 

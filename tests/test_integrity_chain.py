@@ -428,7 +428,8 @@ def test_the_chain_hashes_exactly_the_documented_canonical_form(event: AuditEven
 def test_lines_rendered_while_sealing_are_exactly_the_events_json(
     events: list[AuditEvent],
 ) -> None:
-    from audit_middleware._lines import batch_lines, event_line, full_document
+    from audit_middleware._batch import batch_lines
+    from audit_middleware._lines import event_line, full_document
 
     sealed = EventChain().seal(events)
     assert sealed.lines is not None

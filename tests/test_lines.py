@@ -10,9 +10,10 @@ import orjson
 import pytest
 
 from audit_middleware import Actor, Auditor
+from audit_middleware._batch import EventBatch, batch_lines, new_batch
 from audit_middleware._event import AuditEvent, ClientInfo, RequestInfo
 from audit_middleware._export import ExportResult
-from audit_middleware._lines import EventBatch, IdentityCache, batch_lines, new_batch
+from audit_middleware._lines import IdentityCache
 from exporters.log import StructlogExporter
 
 

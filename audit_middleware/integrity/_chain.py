@@ -8,7 +8,6 @@ of starting a new one (see ``exporters.archive.ArchiveExporter.chain_head``).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import socket
@@ -18,12 +17,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-import orjson
-
+from audit_middleware._batch import EventBatch, new_batch
 from audit_middleware._event import AuditEvent
-from audit_middleware._lines import EventBatch, event_line, full_document, new_batch
 from audit_middleware.integrity._canonical import GENESIS
-from audit_middleware.integrity._document import canonical_json
+from audit_middleware.integrity._seal import seal_events
 
 __all__ = ["ChainHead", "EventChain", "new_stream_id"]
 
@@ -45,7 +42,6 @@ class ChainHead:
     hash: str = GENESIS
 
 
-_new = tuple.__new__  # AuditEvent(...) without _replace's keyword handling
 _live_chains: weakref.WeakSet[EventChain] = weakref.WeakSet()
 
 
@@ -96,22 +92,7 @@ class EventChain:
             sealed.lines = None
         with self._lock:
             self._ensure_started()
-            stream, seq, prev = self._stream, self._seq, self._hash
-            for event in events:
-                if event.integrity is not None:
-                    sealed.append(event)
-                    if lines is not None:
-                        lines.append(event_line(event))
-                    continue
-                seq += 1
-                canonical = canonical_json(event, {"prev": prev, "seq": seq, "stream": stream})
-                digest = hashlib.sha256(canonical).hexdigest()
-                integrity = {"stream": stream, "seq": seq, "prev": prev, "hash": digest}
-                if lines is not None:
-                    full = full_document(event)
-                    full["integrity"] = integrity
-                    lines.append(orjson.dumps(full) + b"\n")
-                sealed.append(_new(AuditEvent, (*event[:12], integrity, event[13])))
-                prev = digest
-            self._seq, self._hash = seq, prev
+            self._seq, self._hash = seal_events(
+                events, sealed, lines, self._stream, self._seq, self._hash
+            )
         return sealed

@@ -1,0 +1,46 @@
+"""The hash chain's inner loop: each event's hash, integrity fields and JSON line (hot path)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import orjson
+
+from audit_middleware._event import AuditEvent
+from audit_middleware._lines import event_line, full_document
+from audit_middleware.integrity._document import canonical_json
+
+__all__ = ["seal_events"]
+
+_new = tuple.__new__  # AuditEvent(...) without _replace's keyword handling
+
+
+def seal_events(
+    events: Sequence[AuditEvent],
+    sealed: list[AuditEvent],
+    lines: list[bytes] | None,
+    stream: str,
+    seq: int,
+    prev: str,
+) -> tuple[int, str]:
+    """Append ``events`` to ``sealed`` with their places in ``stream`` after ``seq`` (whose
+    hash is ``prev``), and their JSON lines to ``lines`` unless it is None; return the new
+    ``(seq, hash)``. Events that already have integrity fields pass through unchanged."""
+    for event in events:
+        if event.integrity is not None:
+            sealed.append(event)
+            if lines is not None:
+                lines.append(event_line(event))
+            continue
+        seq += 1
+        canonical = canonical_json(event, {"prev": prev, "seq": seq, "stream": stream})
+        digest = hashlib.sha256(canonical).hexdigest()
+        integrity = {"stream": stream, "seq": seq, "prev": prev, "hash": digest}
+        if lines is not None:
+            full = full_document(event)
+            full["integrity"] = integrity
+            lines.append(orjson.dumps(full) + b"\n")
+        sealed.append(_new(AuditEvent, (*event[:12], integrity, event[13])))
+        prev = digest
+    return seq, prev
