@@ -8,6 +8,11 @@ State files in the spool's writer directory (adopted with it when the process di
 * ``digest.pending``: one JSON line per uploaded object not yet in a digest, fsynced before the
   object leaves the spool.
 * ``digest-heads.json``: per stream, the last digest written (its ``digest_seq``, key, SHA-256).
+* ``chain-adopted.json``: the chains of dead writers being taken over, from the moment their
+  directories are deleted until :meth:`DigestKeeper.choose_stream` has recorded what it needs.
+
+Adopting a dead writer persists what was read from its directory (these files, fsynced) before
+the directory is deleted, so a process killed while adopting leaves nothing undigested.
 
 Writing a digest stores it first, then the heads, then the shortened pending list; a crash in
 between can only list an object in two digests (harmless), never in none.
@@ -39,6 +44,7 @@ __all__ = ["DigestKeeper"]
 _CHAIN = "chain.json"
 _PENDING = "digest.pending"
 _HEADS = "digest-heads.json"
+_ADOPTED = "chain-adopted.json"
 _MAX_OUT_OF_ORDER = 50_000
 
 
@@ -82,14 +88,16 @@ class DigestKeeper:
         self._saved: tuple[int, int] = (-1, -1)
 
     def adopt(self, directory: Path) -> None:
-        """Merge the chain and digest state a dead writer left in ``directory``."""
+        """Merge the chain and digest state a dead writer left in ``directory``, and persist
+        it in this writer's directory before the dead one is deleted."""
         chain = _load(directory / _CHAIN)
-        if isinstance(chain, dict) and isinstance(chain.get("seq"), int):
-            stream = str(chain["stream"])
-            self._note_head(ChainHead(stream, chain["seq"], str(chain["hash"])))
-            complete = chain.get("complete", chain["seq"])
-            if isinstance(complete, int):
-                self._dead_complete[stream] = max(complete, self._dead_complete.get(stream, 0))
+        if isinstance(chain, dict):
+            self._note_chain(chain)
+        adopted = _load(directory / _ADOPTED)  # it died while adopting others
+        if isinstance(adopted, list):
+            for dead in adopted:
+                if isinstance(dead, dict):
+                    self._note_chain(dead)
         heads = _load(directory / _HEADS)
         if isinstance(heads, dict):
             for stream, head in heads.items():
@@ -105,6 +113,28 @@ class DigestKeeper:
                 self._pending.append(orjson.loads(line))
             except orjson.JSONDecodeError:
                 continue  # a line torn by a crash: that object is uploaded again from the spool
+        spool = self._exporter._spool
+        assert spool is not None
+        dead_chains = [
+            {"stream": h.stream, "seq": h.seq, "hash": h.hash,
+             "complete": self._dead_complete.get(h.stream, h.seq)}
+            for h in self._dead_heads.values()
+        ]  # fmt: skip
+        spool.write_state(_ADOPTED, orjson.dumps(dead_chains), sync=True)
+        spool.write_state(_PENDING, _lines(self._pending), sync=True)
+        if self._heads:
+            spool.write_state(_HEADS, orjson.dumps(self._heads), sync=True)
+
+    def _note_chain(self, chain: dict[str, Any]) -> None:
+        """Remember a dead writer's chain state (``stream``, ``seq``, ``hash``, ``complete``)."""
+        seq = chain.get("seq")
+        if not isinstance(seq, int) or not isinstance(chain.get("stream"), str):
+            return
+        stream = chain["stream"]
+        self._note_head(ChainHead(stream, seq, str(chain["hash"])))
+        complete = chain.get("complete", seq)
+        if isinstance(complete, int):
+            self._dead_complete[stream] = max(complete, self._dead_complete.get(stream, 0))
 
     def choose_stream(self) -> None:
         """Pick the stream to continue (a dead writer's, if any), declare what a crash may have
@@ -126,12 +156,14 @@ class DigestKeeper:
         if self._dead_heads:
             # Continue the most advanced stream; the others end with their final digests.
             self.origin = max(self._dead_heads.values(), key=lambda h: (h.seq, h.stream))
-        self._reset_head(self.origin)
-        self._save_head(spool)
+        # The crash gaps first: once the continued head is saved, it hides them.
         if self._pending:
             spool.write_state(_PENDING, _lines(self._pending), sync=True)
         if self._heads:
             spool.write_state(_HEADS, orjson.dumps(self._heads), sync=True)
+        self._reset_head(self.origin)
+        self._save_head(spool)
+        spool.remove_state(_ADOPTED)  # the gaps and the continued head are recorded now
 
     def _note_head(self, head: ChainHead) -> None:
         known = self._dead_heads.get(head.stream)

@@ -181,9 +181,14 @@ class Spool:
         with self._lock:
             return list(self._open.items())
 
-    def _seal(self, segment: _Open, *, adopted: bool = False) -> Sealed:
+    def _seal(self, segment: _Open, *, adopted: bool = False) -> Sealed | None:
         raw = b"".join(segment.lines) if segment.path is None else _payload(segment.path)
         raw = raw[: raw.rfind(b"\n") + 1]  # a line torn by a crash mid-append is dropped
+        if not raw:  # created by a process that died before its first line: nothing to store
+            self._used -= segment.size
+            if segment.path is not None:
+                segment.path.unlink()
+            return None
         chain = segment.chain
         if adopted or segment.unsorted:  # rare: read the chain positions from the lines
             raw, chain = _in_chain_order(raw)
@@ -296,6 +301,13 @@ class Spool:
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, path)
+
+    def remove_state(self, name: str) -> None:
+        """Delete state file ``name`` if it exists."""
+        if self._dir is None:
+            self._memory_state.pop(name, None)
+            return
+        (self._dir / name).unlink(missing_ok=True)
 
     def append_state(self, name: str, data: bytes) -> None:
         """Append ``data`` to state file ``name``, fsynced."""

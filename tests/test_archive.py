@@ -204,6 +204,33 @@ def test_sigkill_then_restart_adopts_the_dead_spool(tmp_path: Path) -> None:
     survivor.shutdown(timeout=5)
 
 
+def test_a_segment_its_writer_died_before_filling_is_dropped_not_uploaded(
+    tmp_path: Path,
+) -> None:
+    """A dead writer's segment holding only its header (or one torn line) becomes no object:
+    an empty object would be in no digest, and ``verify`` would call it inserted."""
+    from exporters._spool import Spool
+
+    spool_dir, archive_dir = tmp_path / "spool", tmp_path / "archive"
+    dead = Spool(spool_dir, max_bytes=1 << 20, writer="dead-1", encode=gzip.compress)
+    dead.append("org_id=a/dt=2026-11-27", lambda: "org_id=a/dt=2026-11-27/dead-1-1.jsonl.gz",
+                [], now=time.time())  # fmt: skip
+    torn = dead.append("org_id=b/dt=2026-11-27", lambda: "org_id=b/dt=2026-11-27/dead-1-2.jsonl.gz",
+                       [b'{"id": "torn'], now=time.time())  # fmt: skip
+    assert torn.path is not None
+    assert torn.path.read_bytes().endswith(b'{"id": "torn')
+    dead.close()  # its lock is free, as after SIGKILL
+    survivor = ArchiveExporter(str(archive_dir), spool_dir=spool_dir)
+    try:
+        assert survivor.force_flush(timeout=10)
+        assert survivor.stats().adopted_files == 2
+        assert not list(archive_dir.rglob("*.jsonl.gz"))
+        assert survivor.stats().spool_bytes == 0
+    finally:
+        survivor.shutdown(timeout=5)
+    assert not [p for p in spool_dir.rglob("*") if p.suffix in (".seg", ".obj")]
+
+
 def test_two_processes_write_at_once_without_collisions(tmp_path: Path) -> None:
     archive_dir = tmp_path / "archive"
     script = _WRITER.replace("time.sleep(60)", "archive.force_flush(10)")

@@ -357,6 +357,76 @@ def test_chains_and_digests_survive_sigkill_and_restart(tmp_path: Path) -> None:
     assert all(b - a < 2000 for a, b in _crash_gaps(archive_dir))
 
 
+def _kill_writer_after(archive_dir: Path, spool: Path, key_file: Path, objects: int) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_WRITER, str(archive_dir), str(spool), str(key_file)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    deadline = 200
+    while deadline and len(list(archive_dir.rglob("*.jsonl.gz"))) < objects:
+        threading.Event().wait(0.05)
+        deadline -= 1
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    proc.stdout.close()
+    assert deadline, "the writer uploaded too few objects before it was killed"
+
+
+class _KilledWhileAdopting(Exception):
+    pass
+
+
+def test_a_process_killed_while_adopting_a_dead_spool_leaves_nothing_undigested(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dead writer's undigested uploads and chain state outlive its adopter's death."""
+    from exporters._archive_digests import DigestKeeper
+
+    key = generate_signing_key()
+    key_file = tmp_path / "key.pem"
+    key_file.write_bytes(key.pem())
+    archive_dir = tmp_path / "archive"
+    _kill_writer_after(archive_dir, tmp_path / "spool", key_file, objects=5)
+    assert not list(archive_dir.glob("_integrity/digests/*/*.json")), "digests come at exit"
+
+    def killed(self: DigestKeeper) -> None:
+        raise _KilledWhileAdopting  # after the dead directory is merged and deleted
+
+    started = ArchiveExporter._ensure_started
+    spools: list[Any] = []
+
+    def started_then_killed(self: ArchiveExporter) -> Any:
+        try:
+            return started(self)
+        except _KilledWhileAdopting:
+            spools.append(self._spool)
+            raise
+
+    monkeypatch.setattr(DigestKeeper, "choose_stream", killed)
+    monkeypatch.setattr(ArchiveExporter, "_ensure_started", started_then_killed)
+    with pytest.raises(_KilledWhileAdopting):
+        _archive(tmp_path, signing_key=key)  # adopts at construction
+    monkeypatch.undo()
+    spools[0].close()  # its lock is free: a dead writer's directory
+    assert len([d for d in (tmp_path / "spool").iterdir() if d.is_dir()]) == 1
+
+    survivor = _archive(tmp_path, signing_key=key)
+    auditor = Auditor(exporters=[survivor], environ={}, batch_interval=0.01)
+    _record(auditor, 10)
+    auditor.shutdown(timeout=10)
+    seqs = _check_chains(archive_dir)
+    assert len(seqs) == 1, "the survivor continues the first writer's stream"
+    _check_digests(archive_dir, key)
+    report = verify_archive(
+        str(archive_dir), public_keys={key.fingerprint: key.public}, open_grace=0
+    )
+    assert report.ok, [str(f) for f in report.findings]
+
+
 def test_hashed_fields_are_exactly_the_schema_fields() -> None:
     from audit_middleware.integrity._canonical import EVENT_FIELDS
 
