@@ -4,6 +4,11 @@
 Capture happens here; delivery lives in the ``exporters`` package.
 """
 
+from audit_middleware._build import compiled_modules, prefer_source_if_asked
+
+prefer_source_if_asked()  # before the first hot module is imported
+
+# ruff: noqa: E402
 from audit_middleware._asgi import AuditMiddleware
 from audit_middleware._auditor import Auditor, get_default_auditor, record
 from audit_middleware._batch import EventBatch, batch_lines
@@ -63,6 +68,7 @@ __all__ = [
     "__version__",
     "add_metadata",
     "batch_lines",
+    "compiled_modules",
     "get_default_auditor",
     "load_rules_file",
     "load_schema",

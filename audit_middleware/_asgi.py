@@ -11,6 +11,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from time import perf_counter_ns, time_ns
 from typing import Any
 
+from mypy_extensions import mypyc_attr
+
 from audit_middleware._auditor import Auditor
 from audit_middleware._builder import MAX_REQUEST_BODY, MAX_RESPONSE_BODY
 from audit_middleware._context import RequestContext, _current
@@ -25,6 +27,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # compiled (scripts/compile.py), subclassable
 class AuditMiddleware:
     """Wrap any ASGI app: ``app = AuditMiddleware(app)``.
 

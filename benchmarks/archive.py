@@ -91,6 +91,7 @@ from typing import Any, Final
 import orjson
 
 from audit_middleware import AuditEvent, Auditor, ExportResult, Target
+from audit_middleware._build import build_summary
 from audit_middleware.testing import capture_audit_events
 from exporters._object_store import S3Store
 from exporters.archive import ArchiveExporter
@@ -981,7 +982,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tmp = os.path.realpath(tempfile.gettempdir())
     print(
         f"mode: {'quick' if args.quick else 'full'}; S3: moto server in a child process; "
-        f"spool in {tmp} ({filesystem_of(tmp)})"
+        f"spool in {tmp} ({filesystem_of(tmp)})\nbuild: {build_summary()}"
     )
     started = time.monotonic()
     s3 = S3Process()

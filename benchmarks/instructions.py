@@ -27,6 +27,8 @@ import sys
 import tempfile
 from collections.abc import Sequence
 
+from audit_middleware._build import build_summary
+
 PHASES = ("bare", "path", "background")
 _WARM = 600
 
@@ -126,6 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     added = path - bare
     total = added + background
     print(f"instructions per request (callgrind; {small} vs {large} requests, difference)")
+    print(f"build: {build_summary()}")
     rows = (
         ("bare Starlette request (baseline)", bare),
         ("audit request path, added", added),

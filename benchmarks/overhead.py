@@ -68,6 +68,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Scope
 
 from audit_middleware import AuditEvent, AuditMiddleware, Auditor, Rule
+from audit_middleware._build import build_summary
 from audit_middleware.testing import capture_audit_events
 from exporters import StructlogExporter
 
@@ -832,7 +833,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(
         f"mode: {'quick' if args.quick else 'full'}; variants interleaved round-robin; "
-        f"integrity chain {'on' if INTEGRITY[0] else 'off'}\n"
+        f"integrity chain {'on' if INTEGRITY[0] else 'off'}\nbuild: {build_summary()}\n"
     )
 
     started = time.monotonic()

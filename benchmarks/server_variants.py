@@ -40,6 +40,7 @@ from multiprocessing.connection import Connection
 
 import uvicorn
 
+from audit_middleware._build import build_summary
 from benchmarks import overhead as ob
 
 DEFAULT_VARIANTS = ("bare", "path", "audit", "audit-lb0")
@@ -139,6 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "bare" not in variants:
         variants.insert(0, "bare")
     print(f"load average {os.getloadavg()}; {args.rounds} interleaved rounds")
+    print(f"build: {build_summary()}")
     path, total = asyncio.run(split_without_threads(max(args.rounds * 3, 5), 3000))
     print(
         f"without a server or threads, µs per request over bare: request path {path:.1f}, "

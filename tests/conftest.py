@@ -2,22 +2,52 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import os
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
 import uvicorn
+from waitress import wasyncore
 from waitress.server import create_server
 
 from audit_middleware import AuditEvent, Auditor, _hooks, load_schema
 from exporters import InMemoryExporter
 from tests.s3_server import S3Endpoint, running_s3
+
+
+def _load_compile_script() -> Any:
+    path = Path(__file__).resolve().parent.parent / "scripts" / "compile.py"
+    spec = importlib.util.spec_from_file_location("audit_compile_script", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+compile_script = _load_compile_script()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Refuse to test compiled modules that no longer match their source."""
+    if os.environ.get("AUDIT_LOG_PURE_PYTHON"):
+        return
+    old = compile_script.stale()
+    if old:
+        raise pytest.UsageError(
+            f"stale compiled modules {old}: run `make compiled` to rebuild them, "
+            "`make pure` to remove them, or set AUDIT_LOG_PURE_PYTHON=1"
+        )
+
 
 _validator = jsonschema.Draft202012Validator(
     load_schema(), format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
@@ -125,8 +155,12 @@ def serve_wsgi(app: Any, threads: int = 4) -> Iterator[str]:
         dispatcher = server.task_dispatcher
         while (dispatcher.active_count or dispatcher.queue) and time.monotonic() < deadline:
             time.sleep(0.01)
-        server.close()
+        # Closed from the server's own loop thread: closing its sockets from here could pull a
+        # descriptor out from under the loop's select() (EBADF in the server thread).
+        server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
         thread.join(timeout=5)
+        server.task_dispatcher.shutdown()
+        assert not thread.is_alive(), "the WSGI server did not stop"
 
 
 @pytest.fixture(scope="module")
