@@ -100,6 +100,7 @@ def build() -> None:
         )
         if done.returncode != 0:
             sys.stderr.write(done.stdout[-4000:] + done.stderr[-4000:])
+            clean()  # never leave older compiled modules shadowing the sources
             raise SystemExit(f"mypyc failed (exit {done.returncode}); see above")
         clean()
         for module in HOT_MODULES:
