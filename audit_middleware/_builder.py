@@ -50,7 +50,7 @@ _METHODS: Final = frozenset(
     {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
 )
 _EMPTY: Final[Mapping[str, Any]] = MappingProxyType({})
-_new_event: Final = tuple.__new__
+_new_tuple: Final = tuple.__new__  # a named tuple without its Python-level __new__
 
 
 class ExplicitRecord(NamedTuple):
@@ -147,7 +147,7 @@ class EventBuilder:
             metadata = {**(metadata or {}), **ctx.metadata}
         event_id = uuid7(ctx.started_ns)
         request, client = self._request_info(view, params, match.route, event_id, ctx, status)
-        return _new_event(  # AuditEvent(...) without the named tuple's Python-level __new__
+        return _new_tuple(  # AuditEvent(...) without the named tuple's Python-level __new__
             AuditEvent,
             (
                 event_id,
@@ -192,7 +192,7 @@ class EventBuilder:
         for param, param_value in params.items():
             if param_value and self.redactor.is_secret_key(param):
                 path = path.replace(param_value, REDACTED)
-        request = RequestInfo(
+        request: RequestInfo = _new_tuple(RequestInfo, (
             rid,
             view.method if view.method in _METHODS else clean_text(view.method, 32),
             _clean_short(path, MAX_PATH) if len(path) <= 1024 else clean_text(path, MAX_PATH),
@@ -202,7 +202,7 @@ class EventBuilder:
             None if ctx is None else ctx.completed,
             self.redactor.query(view.query) if view.query else _EMPTY,
             self._headers(tuple(picked)) if picked else _EMPTY,
-        )
+        ))  # fmt: skip
         if self._trust_proxies:
             client = self._client_uncached(view.peer, user_agent, view.headers)
         elif user_agent is None or len(user_agent) <= 1024:

@@ -163,9 +163,10 @@ class Rule:
 
     def action_for(self, status: int | None, outcome: Outcome) -> str | None:
         """The action for this outcome, or None when the rule does not name one."""
-        if not isinstance(self.action, Mapping):
-            return self.action
-        mapping = self.action
+        action = self.action
+        if action is None or type(action) is str or not isinstance(action, Mapping):
+            return action  # the common cases first: an ABC check costs more than the rest
+        mapping = action
         if status is not None:
             found = mapping.get(str(status)) or mapping.get(f"{status // 100}xx")
             if found:
