@@ -56,7 +56,8 @@ def format_timestamp(unix_ns: int) -> str:
         t = time.gmtime(seconds)
         prefix = (
             f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T"
-            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
+            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}."
         )
         _ts_cache = (seconds, prefix)
-    return f"{prefix}.{rem_ns // 1000:06d}Z"
+    # six digits of microseconds: str() of 1,000,000 more, without its leading 1 (no format())
+    return prefix + str(rem_ns // 1000 + 1_000_000)[1:] + "Z"

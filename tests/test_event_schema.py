@@ -6,6 +6,8 @@ import uuid
 
 import jsonschema
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from audit_middleware import Actor, AuditEvent, load_schema
 from audit_middleware._event import outcome_for_status
@@ -83,6 +85,14 @@ def test_uuid7_embeds_the_given_time() -> None:
 def test_format_timestamp() -> None:
     assert format_timestamp(1_790_000_000_123_456_789) == "2026-09-21T14:13:20.123456Z"
     assert format_timestamp(0) == "1970-01-01T00:00:00.000000Z"
+
+
+@given(st.integers(min_value=0, max_value=253_402_300_799_999_999_999))
+def test_format_timestamp_matches_datetime(unix_ns: int) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    expected = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=unix_ns // 1000)
+    assert format_timestamp(unix_ns) == expected.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def test_actor_validation() -> None:
