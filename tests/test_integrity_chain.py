@@ -320,44 +320,8 @@ while True:
 """
 
 
-def test_chains_and_digests_survive_sigkill_and_restart(tmp_path: Path) -> None:
-    key = generate_signing_key()
-    key_file = tmp_path / "key.pem"
-    key_file.write_bytes(key.pem())
-    archive_dir, spool = tmp_path / "archive", tmp_path / "spool"
-    for _ in range(2):
-        proc = subprocess.Popen(
-            [sys.executable, "-c", _KILLED_WRITER, str(archive_dir), str(spool), str(key_file)],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "ready"
-        deadline = 200
-        while deadline and len(list(archive_dir.rglob("*.jsonl.gz"))) < 5:
-            threading.Event().wait(0.05)
-            deadline -= 1
-        os.kill(proc.pid, signal.SIGKILL)  # mid-load: events in memory, in the spool, uploading
-        proc.wait(timeout=10)
-        proc.stdout.close()
-    survivor = _archive(tmp_path, signing_key=key)
-    auditor = Auditor(exporters=[survivor], environ={}, batch_interval=0.01)
-    _record(auditor, 10)
-    auditor.shutdown(timeout=10)
-    seqs = _check_chains(archive_dir)
-    assert len(seqs) == 1, "the restarted processes continue the killed one's stream"
-    assert len(next(iter(seqs.values()))) > 10
-    _check_digests(archive_dir, key)
-    report = verify_archive(
-        str(archive_dir), public_keys={key.fingerprint: key.public}, open_grace=0
-    )
-    assert report.ok, [str(f) for f in report.findings]
-    # Each gap is small: at most the events the killed process had numbered but not spooled.
-    assert all(b - a < 2000 for a, b in _crash_gaps(archive_dir))
-
-
 def _kill_writer_after(archive_dir: Path, spool: Path, key_file: Path, objects: int) -> None:
+    """Run ``_KILLED_WRITER`` until the archive holds ``objects`` objects, then SIGKILL it."""
     proc = subprocess.Popen(
         [sys.executable, "-c", _KILLED_WRITER, str(archive_dir), str(spool), str(key_file)],
         cwd=ROOT,
@@ -374,6 +338,29 @@ def _kill_writer_after(archive_dir: Path, spool: Path, key_file: Path, objects: 
     proc.wait(timeout=10)
     proc.stdout.close()
     assert deadline, "the writer uploaded too few objects before it was killed"
+
+
+def test_chains_and_digests_survive_sigkill_and_restart(tmp_path: Path) -> None:
+    key = generate_signing_key()
+    key_file = tmp_path / "key.pem"
+    key_file.write_bytes(key.pem())
+    archive_dir, spool = tmp_path / "archive", tmp_path / "spool"
+    for _ in range(2):  # mid-load: events in memory, in the spool, uploading
+        _kill_writer_after(archive_dir, spool, key_file, objects=5)
+    survivor = _archive(tmp_path, signing_key=key)
+    auditor = Auditor(exporters=[survivor], environ={}, batch_interval=0.01)
+    _record(auditor, 10)
+    auditor.shutdown(timeout=10)
+    seqs = _check_chains(archive_dir)
+    assert len(seqs) == 1, "the restarted processes continue the killed one's stream"
+    assert len(next(iter(seqs.values()))) > 10
+    _check_digests(archive_dir, key)
+    report = verify_archive(
+        str(archive_dir), public_keys={key.fingerprint: key.public}, open_grace=0
+    )
+    assert report.ok, [str(f) for f in report.findings]
+    # Each gap is small: at most the events the killed process had numbered but not spooled.
+    assert all(b - a < 2000 for a, b in _crash_gaps(archive_dir))
 
 
 class _KilledWhileAdopting(Exception):
