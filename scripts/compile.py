@@ -3,8 +3,8 @@
 The compiled build runs the same source as the pure-Python one, about a fifth fewer
 instructions per audited request (``benchmarks/instructions.py``). It is optional: without a C
 compiler this prints why and leaves the pure-Python modules in charge. An extension module
-shadows the ``.py`` beside it, so a compiled module older than its source is stale:
-``--check`` reports that, and ``make`` rebuilds. ``AUDIT_LOG_PURE_PYTHON=1`` runs the
+shadows the ``.py`` beside it, so a compiled module older than any source of the package is
+stale: ``--check`` reports that, and ``make`` rebuilds. ``AUDIT_LOG_PURE_PYTHON=1`` runs the
 pure-Python modules even where compiled ones exist.
 
 Usage: ``python scripts/compile.py [--if-needed | --check | --clean] [--require]``.
@@ -52,13 +52,15 @@ def _compiled_files() -> list[Path]:
 
 
 def stale() -> list[str]:
-    """Compiled modules older than their source, or whose source is gone or not hot."""
-    hot = {compiled_path(m): ROOT / m for m in HOT_MODULES}
+    """Compiled modules that may not match the sources: not a hot module's, or older than any
+    module of the package (compiled code relies on the types it imports, such as the event's
+    named tuples, not only on its own source)."""
+    newest = max(p.stat().st_mtime for p in (ROOT / "audit_middleware").rglob("*.py"))
+    hot = {compiled_path(m) for m in HOT_MODULES}
     return [
         str(path.relative_to(ROOT))
         for path in _compiled_files()
-        if not path.name.startswith(GROUP)
-        and (path not in hot or path.stat().st_mtime < hot[path].stat().st_mtime)
+        if (path not in hot and not path.name.startswith(GROUP)) or path.stat().st_mtime < newest
     ]
 
 

@@ -75,16 +75,35 @@ def test_both_builds_produce_identical_bytes(pure: dict[str, Any], default: dict
     assert "\x1b" not in login["client"]["user_agent"]
 
 
-def test_stale_compiled_modules_are_reported(tmp_path: Path) -> None:
-    """A compiled module older than its source, or without one, would shadow the source."""
-    old = compile_script.stale()
-    assert old == [], f"stale compiled modules: {old}"
-    orphan = ROOT / "audit_middleware" / f"_gone{compile_script._SUFFIX}"
+def test_no_compiled_module_here_is_stale() -> None:
+    assert compile_script.stale() == []
+
+
+def test_stale_compiled_modules_are_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A compiled module shadows the source beside it: one older than any source of the
+    package (its own, or a module whose types it was compiled against) or one that is not a
+    hot module's is stale."""
+    monkeypatch.setattr(compile_script, "ROOT", tmp_path)
+    for module in compile_script.HOT_MODULES:
+        (tmp_path / module).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / module).write_text("")
+    event = tmp_path / "audit_middleware" / "_event.py"
+    event.write_text("")
+    os.utime(event, (1_000, 1_000))
+    for module in compile_script.HOT_MODULES:
+        os.utime(tmp_path / module, (1_000, 1_000))
+        compile_script.compiled_path(module).write_bytes(b"")
+    assert compile_script.stale() == []
+
+    os.utime(event, (3_000_000_000, 3_000_000_000))  # the event model changed after compiling
+    assert len(compile_script.stale()) == len(compile_script.HOT_MODULES)
+    os.utime(event, (1_000, 1_000))
+
+    orphan = tmp_path / "audit_middleware" / f"_gone{compile_script._SUFFIX}"
     orphan.write_bytes(b"")
-    try:
-        assert str(orphan.relative_to(ROOT)) in compile_script.stale()
-    finally:
-        orphan.unlink()
+    assert compile_script.stale() == [str(orphan.relative_to(tmp_path))]
 
 
 def test_public_classes_stay_picklable_and_subclassable() -> None:
