@@ -130,3 +130,15 @@ def test_public_classes_stay_picklable_and_subclassable() -> None:
         assert wrapped.app is app
     finally:
         wrapped.auditor.shutdown(timeout=1.0)
+
+
+def test_the_compiled_wheel_compiles_the_same_modules() -> None:
+    """pyproject.toml's mypyc build hook (compiled wheels) and scripts/compile.py agree."""
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    hook = config["tool"]["hatch"]["build"]["targets"]["wheel"]["hooks"]["mypyc"]
+    assert hook["enable-by-default"] is False  # plain installs stay pure Python
+    assert sorted(p.removeprefix("/") for p in hook["include"]) == sorted(
+        compile_script.HOT_MODULES
+    )
