@@ -340,6 +340,24 @@ def _kill_writer_after(archive_dir: Path, spool: Path, key_file: Path, objects: 
     assert deadline, "the writer uploaded too few objects before it was killed"
 
 
+def _survive_and_verify(tmp_path: Path, key: SigningKey) -> dict[str, list[int]]:
+    """A new writer adopts what dead ones left, records 10 events and shuts down; the archive
+    then holds one stream (the dead writers' continued) and verifies clean."""
+    survivor = _archive(tmp_path, signing_key=key)
+    auditor = Auditor(exporters=[survivor], environ={}, batch_interval=0.01)
+    _record(auditor, 10)
+    auditor.shutdown(timeout=10)
+    archive_dir = tmp_path / "archive"
+    seqs = _check_chains(archive_dir)
+    assert len(seqs) == 1, "the survivor continues the dead writers' stream"
+    _check_digests(archive_dir, key)
+    report = verify_archive(
+        str(archive_dir), public_keys={key.fingerprint: key.public}, open_grace=0
+    )
+    assert report.ok, [str(f) for f in report.findings]
+    return seqs
+
+
 def test_chains_and_digests_survive_sigkill_and_restart(tmp_path: Path) -> None:
     key = generate_signing_key()
     key_file = tmp_path / "key.pem"
@@ -347,18 +365,8 @@ def test_chains_and_digests_survive_sigkill_and_restart(tmp_path: Path) -> None:
     archive_dir, spool = tmp_path / "archive", tmp_path / "spool"
     for _ in range(2):  # mid-load: events in memory, in the spool, uploading
         _kill_writer_after(archive_dir, spool, key_file, objects=5)
-    survivor = _archive(tmp_path, signing_key=key)
-    auditor = Auditor(exporters=[survivor], environ={}, batch_interval=0.01)
-    _record(auditor, 10)
-    auditor.shutdown(timeout=10)
-    seqs = _check_chains(archive_dir)
-    assert len(seqs) == 1, "the restarted processes continue the killed one's stream"
+    seqs = _survive_and_verify(tmp_path, key)
     assert len(next(iter(seqs.values()))) > 10
-    _check_digests(archive_dir, key)
-    report = verify_archive(
-        str(archive_dir), public_keys={key.fingerprint: key.public}, open_grace=0
-    )
-    assert report.ok, [str(f) for f in report.findings]
     # Each gap is small: at most the events the killed process had numbered but not spooled.
     assert all(b - a < 2000 for a, b in _crash_gaps(archive_dir))
 
@@ -401,17 +409,7 @@ def test_a_process_killed_while_adopting_a_dead_spool_leaves_nothing_undigested(
     spools[0].close()  # its lock is free: a dead writer's directory
     assert len([d for d in (tmp_path / "spool").iterdir() if d.is_dir()]) == 1
 
-    survivor = _archive(tmp_path, signing_key=key)
-    auditor = Auditor(exporters=[survivor], environ={}, batch_interval=0.01)
-    _record(auditor, 10)
-    auditor.shutdown(timeout=10)
-    seqs = _check_chains(archive_dir)
-    assert len(seqs) == 1, "the survivor continues the first writer's stream"
-    _check_digests(archive_dir, key)
-    report = verify_archive(
-        str(archive_dir), public_keys={key.fingerprint: key.public}, open_grace=0
-    )
-    assert report.ok, [str(f) for f in report.findings]
+    _survive_and_verify(tmp_path, key)
 
 
 def test_hashed_fields_are_exactly_the_schema_fields() -> None:
