@@ -16,6 +16,7 @@ from mypy_extensions import mypyc_attr
 from audit_middleware._auditor import Auditor
 from audit_middleware._builder import MAX_REQUEST_BODY, MAX_RESPONSE_BODY
 from audit_middleware._context import RequestContext, _current
+from audit_middleware._views import method_text
 from audit_middleware._warn import logger, warn_limited
 
 __all__ = ["AuditMiddleware"]
@@ -51,7 +52,9 @@ class AuditMiddleware:
                 await self.app(scope, receive, send)
             return
 
-        method = scope["method"]
+        method = scope.get("method")
+        if type(method) is not str:
+            method = method_text(method)
         ctx = RequestContext(auditor, scope, method, time_ns())
         start = perf_counter_ns()
         rules = auditor.rules

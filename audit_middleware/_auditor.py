@@ -320,7 +320,9 @@ class Auditor:
         )
 
     def _org_from_context(self, ctx: RequestContext) -> str | None:
-        params = ctx.scope.get("path_params") or {}
+        params = ctx.scope.get("path_params")
+        if not isinstance(params, Mapping):
+            return ctx.resolved_org
         for name in self.config.org_params:
             if params.get(name):
                 return str(params[name])

@@ -301,23 +301,19 @@ def _clean_short(text: str, max_length: int) -> str:
 def _scan_headers(
     headers: Sequence[tuple[bytes, bytes]], allowed: frozenset[bytes]
 ) -> tuple[bytes | None, bytes | None, list[tuple[bytes, bytes]]]:
-    """The User-Agent, the X-Request-ID (the last of each) and the allow-listed headers."""
-    try:
-        by_name = dict(headers)
-        picked = [(name, value) for name, value in headers if name in allowed]
-    except (TypeError, ValueError):  # malformed items from a buggy server: skip them
-        return _scan_headers([h for h in headers if _is_header(h)], allowed)
-    user_agent = by_name.get(b"user-agent")
-    request_id = by_name.get(b"x-request-id")
-    return (
-        user_agent if type(user_agent) is bytes else None,
-        request_id if type(request_id) is bytes else None,
-        picked,
-    )
-
-
-def _is_header(item: object) -> bool:
-    return isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], bytes)
+    """The User-Agent, the X-Request-ID (the last of each) and the allow-listed headers (of a
+    view: well-formed)."""
+    user_agent = request_id = None
+    picked = []
+    for item in headers:
+        name = item[0]
+        if name in allowed:
+            picked.append(item)
+        if name == b"user-agent":
+            user_agent = item[1]
+        elif name == b"x-request-id":
+            request_id = item[1]
+    return user_agent, request_id, picked
 
 
 def _header(view: RequestView, name: bytes) -> str | None:

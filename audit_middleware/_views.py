@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
@@ -10,6 +11,7 @@ from typing import Any, Final, NamedTuple
 __all__ = [
     "RequestView",
     "asgi_view",
+    "method_text",
     "request_view",
     "route_template",
     "wsgi_headers",
@@ -25,7 +27,7 @@ class RequestView(NamedTuple):
     query: bytes
     headers: Sequence[tuple[bytes, bytes]]
     peer: str | None
-    path_params: Mapping[str, Any]
+    path_params: Mapping[Any, Any]  # keys are usually, but not always, str
     route: str | None
 
 
@@ -53,24 +55,90 @@ def route_template(scope: Mapping[str, Any]) -> str | None:
 
 
 def asgi_view(scope: Mapping[str, Any]) -> RequestView:
-    """Read an ASGI HTTP scope (after the app ran, so routing information is present)."""
+    """Read an ASGI HTTP scope (after the app ran, so routing information is present).
+
+    Members a buggy server got wrong are coerced to the types the spec gives them (bytes to
+    text and back, malformed header items dropped) rather than failing the event: the builder
+    and its compiled form rely on those types.
+    """
     client = scope.get("client")
-    peer = client[0] if client else None
+    host = client[0] if client and (type(client) is tuple or type(client) is list) else None
     params = scope.get("path_params")
     method = scope.get("method", "GET")
     path = scope.get("path", "")
+    query = scope.get("query_string")
+    headers = scope.get("headers")
     return _new_view(  # RequestView(...) without the named tuple's Python-level __new__
         RequestView,
         (
-            method if type(method) is str else str(method),
-            path if type(path) is str else str(path),
-            scope.get("query_string") or b"",
-            scope.get("headers") or (),
-            peer if type(peer) is str or isinstance(peer, str) else None,
+            method if type(method) is str else method_text(method),
+            path if type(path) is str else _text(path, ""),
+            query if type(query) is bytes else _query_bytes(query),
+            headers if _well_formed(headers) else _header_pairs(headers),
+            host if type(host) is str or isinstance(host, str) else None,
             params if type(params) is dict or isinstance(params, Mapping) else _NO_PARAMS,
             route_template(scope) if "route" in scope else None,
         ),
     )
+
+
+def method_text(value: object) -> str:
+    """A scope's ``method`` as text (a buggy server's bytes decoded; missing: ``GET``)."""
+    return value if type(value) is str else _text(value, "GET")
+
+
+def _text(value: object, default: str) -> str:
+    if value is None:
+        return default
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", "backslashreplace")
+    return str(value)
+
+
+def _query_bytes(value: object) -> bytes:
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace")
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    return b""
+
+
+def _well_formed(headers: object) -> bool:
+    """Whether ``headers`` is a list or tuple of ``(bytes, bytes)`` tuples (what servers send)."""
+    if type(headers) is not list and type(headers) is not tuple:
+        return False
+    for item in headers:
+        if type(item) is not tuple or len(item) != 2:
+            return False
+        if type(item[0]) is not bytes or type(item[1]) is not bytes:
+            return False
+    return True
+
+
+def _header_pairs(headers: object) -> list[tuple[bytes, bytes]]:
+    """The well-formed ``(name, value)`` pairs of a malformed header list (lists for tuples and
+    ``str`` for bytes accepted, anything else dropped), up to an error in its iteration."""
+    pairs: list[tuple[bytes, bytes]] = []
+    if headers is None or isinstance(headers, (str, bytes, bytearray, Mapping)):
+        return pairs
+    with contextlib.suppress(Exception):  # not iterable, or an iterator failing part way
+        for item in headers:  # type: ignore[attr-defined]
+            if not isinstance(item, (tuple, list)) or len(item) != 2:
+                continue
+            name, value = _header_bytes(item[0]), _header_bytes(item[1])
+            if name is not None and value is not None:
+                pairs.append((name, value))
+    return pairs
+
+
+def _header_bytes(value: object) -> bytes | None:
+    if type(value) is bytes:
+        return value
+    if isinstance(value, str):
+        return value.encode("latin-1", "replace")
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    return None
 
 
 _FLASK_PARAM = re.compile(r"<(?:[A-Za-z_][A-Za-z0-9_]*(?:\([^)]*\))?:)?([A-Za-z_][A-Za-z0-9_]*)>")

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from audit_middleware import AuditMiddleware, Rule
+from audit_middleware._rules import generic_action
 from audit_middleware._sanitize import REDACTED
 from tests.conftest import MemoryAuditor
 
@@ -260,3 +261,128 @@ def test_any_headers_and_paths_give_a_safe_valid_event(
     for value in (event.client.user_agent or "", event.request.path, event.request.id):  # type: ignore[union-attr]
         assert not CONTROL & set(value)
     assert "cookie" not in event.request.headers  # type: ignore[union-attr]
+
+
+# -- scopes from a buggy server --------------------------------------------------------------
+# The ASGI spec types every scope member, but a buggy server (or middleware in front of ours)
+# can break it. The compiled build (``make compiled``) checks its annotations at run time, so
+# these run under both builds (``make unit`` and ``make unit-pure``): each request must still
+# be audited, with whatever well-formed facts the scope has.
+
+_MALFORMED_HEADERS: list[object] = [
+    (b"user-agent", "a str, not bytes"),
+    (b"host",),
+    None,
+    (b"x-request-id", 5),
+    (7, b"int name"),
+    [b"x-note", b"from a list"],
+    (b"x-note", "str-value"),
+    (b"host", b"example.test", b"third"),
+    b"not-a-pair",
+]
+
+
+@pytest.mark.parametrize(
+    ("member", "value"),
+    [
+        pytest.param("headers", _MALFORMED_HEADERS, id="header-items"),
+        pytest.param("headers", tuple(_MALFORMED_HEADERS), id="header-tuple"),
+        pytest.param("headers", None, id="no-headers"),
+        pytest.param("headers", 42, id="headers-int"),
+        pytest.param("query_string", "page=2&password=pw", id="query-str"),
+        pytest.param("query_string", 42, id="query-int"),
+        pytest.param("method", b"POST", id="method-bytes"),
+        pytest.param("method", None, id="method-none"),
+        pytest.param("path", b"/x", id="path-bytes"),
+        pytest.param("path", None, id="path-none"),
+        pytest.param("client", ("203.0.113.9",), id="client-short"),
+        pytest.param("client", ["203.0.113.9", 4444], id="client-list"),
+        pytest.param("client", (None, 4444), id="client-no-host"),
+        pytest.param("client", (b"203.0.113.9", 4444), id="client-bytes"),
+        pytest.param("client", 42, id="client-int"),
+        pytest.param("path_params", ["org_1"], id="path-params-list"),
+        pytest.param("path_params", {1: 2, "org_id": 3}, id="path-params-odd"),
+        pytest.param("route", object(), id="route-object"),
+        pytest.param("root_path", None, id="root-path-none"),
+    ],
+)
+def test_a_malformed_scope_member_is_audited_not_lost(
+    make_auditor: Callable[..., MemoryAuditor], member: str, value: object
+) -> None:
+    # A missing method means GET (the ASGI default), which this rule audits too.
+    audited = make_auditor(headers=["host", "x-note"], rules=[Rule("GET", "/x", "doc.viewed")])
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(dict(message))
+
+    scope: dict[str, Any] = {
+        "type": "http",
+        "method": "POST",
+        "path": "/x",
+        "query_string": b"",
+        "headers": [(b"host", b"ok.test")],
+        "client": ("203.0.113.9", 4444),
+        member: value,
+    }
+    asyncio.run(AuditMiddleware(_ok_app, auditor=audited)(scope, receive, send))
+    assert sent[0]["status"] == 200
+    (event,) = audited.wait_for(1)  # schema validity is checked by the autouse fixture
+    assert event.request is not None
+    assert event.client is not None
+    assert b"pw" not in orjson.dumps(event.to_dict())
+    if member == "headers" and isinstance(value, (list, tuple)):
+        assert event.request.headers == {"x-note": "from a list, str-value"}  # not the 3-tuple
+        assert event.client.user_agent == "a str, not bytes"
+    if member == "query_string" and isinstance(value, str):
+        assert event.request.query == {"page": "2", "password": REDACTED}
+    if member == "client":
+        host = value[0] if isinstance(value, (list, tuple)) else None
+        assert event.client.ip == (host if isinstance(host, str) else None)
+    if member == "method":
+        assert event.request.method == ("POST" if value else "GET")
+    assert audited.stats().build_errors == 0
+
+
+header_items = st.one_of(
+    st.tuples(header_names, header_values),
+    st.tuples(header_names, st.text(max_size=50)),
+    st.lists(st.one_of(header_names, header_values), min_size=0, max_size=3),
+    st.tuples(st.integers(), header_values),
+    st.none(),
+    st.binary(max_size=4),
+)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(headers=st.lists(header_items, max_size=8))
+def test_any_header_items_from_a_buggy_server_give_an_event(
+    audited: MemoryAuditor, headers: list[Any]
+) -> None:
+    audited.memory.clear()
+    assert _call(audited, _ok_app, headers=headers)[0]["status"] == 200
+    (event,) = audited.wait_for(1)
+    assert event.client is not None
+    assert event.client.ip == "203.0.113.9"
+    assert "cookie" not in event.request.headers  # type: ignore[union-attr]
+    assert audited.stats().build_errors == 0
+
+
+def test_record_inside_a_request_with_malformed_path_params(
+    make_auditor: Callable[..., MemoryAuditor],
+) -> None:
+    auditor = make_auditor()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        scope["path_params"] = ["org_1"]  # a buggy router
+        auditor.record("doc.exported")
+        await _ok_app(scope, receive, send)
+
+    assert _call(auditor, app)[0]["status"] == 200
+    events = auditor.wait_for(2)
+    assert {e.action for e in events} == {"doc.exported", generic_action("POST")}
