@@ -16,7 +16,7 @@ from mypy_extensions import mypyc_attr
 from audit_middleware._auditor import Auditor
 from audit_middleware._builder import MAX_REQUEST_BODY, MAX_RESPONSE_BODY
 from audit_middleware._context import RequestContext, _current
-from audit_middleware._views import method_text
+from audit_middleware._views import method_text, status_number
 from audit_middleware._warn import logger, warn_limited
 
 __all__ = ["AuditMiddleware"]
@@ -68,7 +68,8 @@ class AuditMiddleware:
 
         async def audit_send(message: Message) -> None:
             if message["type"] == "http.response.start":
-                ctx.status = message["status"]
+                status = message["status"]
+                ctx.status = status if type(status) is int else status_number(status)
                 if capture_trace is not None:  # inside any tracing middleware's span
                     ctx.trace = capture_trace()
                 if keep_headers:

@@ -14,6 +14,7 @@ __all__ = [
     "method_text",
     "request_view",
     "route_template",
+    "status_number",
     "wsgi_headers",
     "wsgi_view",
 ]
@@ -85,6 +86,19 @@ def asgi_view(scope: Mapping[str, Any]) -> RequestView:
 def method_text(value: object) -> str:
     """A scope's ``method`` as text (a buggy server's bytes decoded; missing: ``GET``)."""
     return value if type(value) is str else _text(value, "GET")
+
+
+def status_number(value: object) -> int:
+    """A response's ``status`` as an int (a buggy app's ``"201"`` or ``201.0``; unusable: 0,
+    which the event records as 500)."""
+    if type(value) is int:
+        return value
+    if not isinstance(value, (int, float, str, bytes)):
+        return 0
+    try:
+        return int(value)
+    except (ValueError, OverflowError):  # "OK", NaN, infinity
+        return 0
 
 
 def _text(value: object, default: str) -> str:

@@ -386,3 +386,23 @@ def test_record_inside_a_request_with_malformed_path_params(
     assert _call(auditor, app)[0]["status"] == 200
     events = auditor.wait_for(2)
     assert {e.action for e in events} == {"doc.exported", generic_action("POST")}
+
+
+@pytest.mark.parametrize(
+    ("status", "recorded"),
+    [("201", 201), (201.0, 201), (b"201", 201), ("OK", 500), (None, 500), (float("nan"), 500)],
+)
+def test_a_buggy_apps_status_is_passed_on_and_recorded_as_a_number(
+    make_auditor: Callable[..., MemoryAuditor], status: object, recorded: int
+) -> None:
+    auditor = make_auditor()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    sent = _call(auditor, app)
+    assert sent[0]["status"] is status  # the server's to judge, untouched
+    (event,) = auditor.wait_for(1)
+    assert event.request is not None
+    assert event.request.status == recorded
