@@ -143,17 +143,27 @@ async def _in_thread(function: Callable[[RequestContext], None], ctx: RequestCon
     await anyio.to_thread.run_sync(function, ctx)
 
 
-def keep_chunk(ctx: RequestContext, chunk: bytes) -> None:
+def keep_chunk(ctx: RequestContext, chunk: object) -> None:
     """Keep a bounded copy (by reference) of the response body for ``response.*`` sources."""
     kept = ctx.response_body
     if kept is None:
         kept = ctx.response_body = []
+    if type(chunk) is not bytes:
+        chunk = _as_bytes(chunk)
     if chunk and sum(map(len, kept)) <= MAX_RESPONSE_BODY:
         kept.append(chunk)  # stops once over the cap; the builder then ignores the body
 
 
-def keep_request_chunk(ctx: RequestContext, chunk: bytes) -> None:
+def keep_request_chunk(ctx: RequestContext, chunk: object) -> None:
     """Keep a bounded copy of the request body the app reads, for ``body.*`` sources."""
     kept = ctx.request_body
+    if type(chunk) is not bytes:
+        chunk = _as_bytes(chunk)
     if kept is not None and chunk and sum(map(len, kept)) <= MAX_REQUEST_BODY:
         kept.append(chunk)
+
+
+def _as_bytes(chunk: object) -> bytes:
+    """A body chunk that is not ``bytes``: a copy of a bytes-like one, else nothing (a buggy
+    app's ``str`` is the server's to refuse, not a source of values)."""
+    return bytes(chunk) if isinstance(chunk, (bytearray, memoryview)) else b""

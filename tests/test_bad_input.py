@@ -406,3 +406,60 @@ def test_a_buggy_apps_status_is_passed_on_and_recorded_as_a_number(
     (event,) = auditor.wait_for(1)
     assert event.request is not None
     assert event.request.status == recorded
+
+
+@pytest.mark.parametrize(
+    ("body", "target_id"),
+    [
+        pytest.param(b'{"id": "k1"}', "k1", id="bytes"),
+        pytest.param(bytearray(b'{"id": "k1"}'), "k1", id="bytearray"),
+        pytest.param(memoryview(b'{"id": "k1"}'), "k1", id="memoryview"),
+        pytest.param('{"id": "k1"}', None, id="str"),
+        pytest.param(None, None, id="none"),
+    ],
+)
+def test_a_buggy_apps_response_body_never_breaks_the_app(
+    make_auditor: Callable[..., MemoryAuditor], body: object, target_id: str | None
+) -> None:
+    rule = Rule("POST", "/x", "org.api_key.created", target_type="api_key", target_id="response.id")
+    auditor = make_auditor(rules=[rule])
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+
+    sent = _call(auditor, app)
+    assert sent[1]["body"] is body  # passed on untouched: the server's to judge
+    (event,) = auditor.wait_for(1)
+    assert event.target is not None
+    assert (event.target.type, event.target.id) == ("api_key", target_id)
+
+
+@pytest.mark.parametrize(
+    ("body", "target_id"),
+    [(bytearray(b'{"email": "a@b.test"}'), "a@b.test"), ('{"email": "a@b.test"}', None)],
+)
+def test_a_buggy_servers_request_body_never_breaks_the_app(
+    make_auditor: Callable[..., MemoryAuditor], body: object, target_id: str | None
+) -> None:
+    rule = Rule("POST", "/x", "user.login.succeeded", target_type="user", target_id="body.email")
+    auditor = make_auditor(rules=[rule])
+    received: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        received.append(await receive())
+        await _ok_app(scope, receive, send)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        pass
+
+    headers = [(b"content-type", b"application/json")]
+    scope = {"type": "http", "method": "POST", "path": "/x", "headers": headers}
+    asyncio.run(AuditMiddleware(app, auditor=auditor)(scope, receive, send))
+    assert received[0]["body"] is body
+    (event,) = auditor.wait_for(1)
+    assert event.target is not None
+    assert event.target.id == target_id
