@@ -15,14 +15,6 @@ from audit_middleware._batch import EventBatch, batch_lines
 from audit_middleware._bruteforce import BruteForcePolicy
 from audit_middleware._client_ip import ProxyTrust
 from audit_middleware._config import ENV, AuditConfig, AuditConfigError
-from audit_middleware._context import (
-    add_metadata,
-    set_action,
-    set_actor,
-    set_org,
-    set_target,
-    skip_audit,
-)
 from audit_middleware._event import (
     SCHEMA_VERSION,
     Actor,
@@ -33,6 +25,14 @@ from audit_middleware._event import (
     Target,
 )
 from audit_middleware._export import Exporter, ExportResult
+from audit_middleware._handler_api import (
+    add_metadata,
+    set_action,
+    set_actor,
+    set_org,
+    set_target,
+    skip_audit,
+)
 from audit_middleware._jwt import JWTConfig
 from audit_middleware._pipeline import ExporterStats, PipelineStats
 from audit_middleware._rules import Rule

@@ -117,3 +117,24 @@ def test_invalid_hints_raise() -> None:
         audit_middleware.set_action("Not An Action")
     with pytest.raises(ValueError, match="actor type"):
         audit_middleware.set_actor("u", type="robot")  # type: ignore[arg-type]
+
+
+def test_int_ids_from_handler_code_are_recorded_as_text(
+    make_auditor: Callable[..., MemoryAuditor],
+) -> None:
+    """Database keys are often ints: under both builds they become the schema's text, and the
+    handler never sees a TypeError (compiled code checks annotations at run time)."""
+    app = FastAPI()
+
+    @app.post("/orgs/{org_id}/docs/{doc_id}")
+    async def handler(org_id: int, doc_id: int) -> dict[str, bool]:
+        audit_middleware.set_actor(7, email=None)
+        audit_middleware.set_target("doc", doc_id)
+        audit_middleware.set_org(org_id)
+        return {"ok": True}
+
+    auditor = make_auditor()
+    response = TestClient(AuditMiddleware(app, auditor=auditor)).post("/orgs/42/docs/9")
+    assert response.status_code == 200
+    (event,) = auditor.wait_for(1)
+    assert (event.actor.id, event.target, event.org_id) == ("7", Target("doc", "9"), "42")
