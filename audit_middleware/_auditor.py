@@ -229,7 +229,8 @@ class Auditor:
         if not org_was_set(ctx):
             for org_resolver in self.org_resolvers:
                 try:
-                    ctx.resolved_org = org_resolver(scope)
+                    org = org_resolver(scope)
+                    ctx.resolved_org = org if org is None or type(org) is str else str(org)
                 except Exception:
                     warn_limited("org-resolver", "audit org resolver %r raised", org_resolver)
                     logger.debug("org resolver error", exc_info=True)
@@ -305,6 +306,8 @@ class Auditor:
             org_id = None
             if ctx is not None:
                 org_id = ctx.org_id if org_was_set(ctx) else self._org_from_context(ctx)
+        if org_id is not None and type(org_id) is not str:
+            org_id = str(org_id)  # an int key, say: the schema's text
         self._submit(
             ExplicitRecord(
                 action,

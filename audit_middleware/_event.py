@@ -48,7 +48,8 @@ def outcome_for_status(status: int, *, raised: bool = False) -> Outcome:
 
 @dataclass(frozen=True, slots=True)
 class Actor:
-    """Who acted. ``id`` is None only for anonymous actors."""
+    """Who acted. ``id`` is None only for anonymous actors. Values that are not text (an
+    ``int`` id, say) are converted to text."""
 
     id: str | None
     type: ActorType = "user"
@@ -56,6 +57,10 @@ class Actor:
     name: str | None = None
 
     def __post_init__(self) -> None:
+        for name in ("id", "email", "name"):  # an int database key, say: recorded as text
+            value = getattr(self, name)
+            if value is not None and type(value) is not str:
+                object.__setattr__(self, name, str(value))
         if self.type not in ACTOR_TYPES:
             raise ValueError(f"actor type must be one of {ACTOR_TYPES}, got {self.type!r}")
         if self.id is None and self.type != "anonymous":
@@ -76,10 +81,17 @@ ANONYMOUS: Final = Actor(id=None, type="anonymous")
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """The resource acted upon, e.g. ``Target("api_key", "key_123")``."""
+    """The resource acted upon, e.g. ``Target("api_key", "key_123")`` (an ``int`` id is
+    converted to text)."""
 
     type: str
     id: str | None = None
+
+    def __post_init__(self) -> None:
+        if type(self.type) is not str:
+            object.__setattr__(self, "type", str(self.type))
+        if self.id is not None and type(self.id) is not str:  # an int key: recorded as text
+            object.__setattr__(self, "id", str(self.id))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""

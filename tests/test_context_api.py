@@ -138,3 +138,22 @@ def test_int_ids_from_handler_code_are_recorded_as_text(
     assert response.status_code == 200
     (event,) = auditor.wait_for(1)
     assert (event.actor.id, event.target, event.org_id) == ("7", Target("doc", "9"), "42")
+
+
+def test_record_and_resolvers_with_int_ids_deliver_text(
+    make_auditor: Callable[..., MemoryAuditor],
+) -> None:
+    """An Actor or Target made with int ids (by record()'s caller or an actor resolver) is
+    delivered with text ids under both builds, never lost in the compiled one."""
+
+    def resolver(scope: object) -> Actor:
+        return Actor(id=11, email=5)  # type: ignore[arg-type]
+
+    auditor = make_auditor(actor_resolvers=[resolver], org_resolvers=[lambda scope: 5])
+    auditor.record("doc.updated", actor=Actor(id=7), target=Target("doc", 9), org_id=42)  # type: ignore[arg-type]
+    TestClient(AuditMiddleware(_app(), auditor=auditor)).get("/read")
+    recorded, request = sorted(auditor.wait_for(2), key=lambda e: e.action)
+    assert (recorded.actor.id, recorded.target, recorded.org_id) == ("7", Target("doc", "9"), "42")
+    assert (request.action, request.actor) == ("report.downloaded", Actor("11", email="5"))
+    assert request.org_id == "5"
+    assert auditor.stats().build_errors == 0
