@@ -464,6 +464,10 @@ class Served:
         return [json.loads(line) for line in self.stdout.splitlines() if line.startswith("{")]
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @contextmanager
 def serving(command: Sequence[str], port: int, stop: signal.Signals) -> Iterator[Served]:
     """Run the server ``command`` (listening on ``port``) with ``SAAS_JWT_SECRET`` set.
@@ -476,6 +480,9 @@ def serving(command: Sequence[str], port: int, stop: signal.Signals) -> Iterator
         stderr=subprocess.PIPE,
         env={**clean_environ(), "SAAS_JWT_SECRET": SECRET},
         cwd=ROOT,
+        # A shell starts background jobs with SIGINT ignored, and a Python started so ignores
+        # Ctrl-C for good: give the server the default back, so that SIGINT stops it.
+        preexec_fn=_default_sigint,
     )
     served = Served(f"http://127.0.0.1:{port}")
     try:
@@ -496,6 +503,9 @@ def serving(command: Sequence[str], port: int, stop: signal.Signals) -> Iterator
             out, err = proc.communicate(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.communicate()
-            raise
+            out, err = proc.communicate()
+            raise AssertionError(
+                f"{' '.join(command)} did not stop within 20 s of {stop.name}; its stderr:\n"
+                + err.decode(errors="replace")[-3000:]
+            ) from None
         served.stdout, served.stderr = out.decode(), err.decode()
