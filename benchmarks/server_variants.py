@@ -11,6 +11,8 @@ Variants (names can be combined with modifiers, e.g. ``audit-nogc``):
 
 * ``bare``: the app alone; ``audit``: with ``AuditMiddleware`` as in ``overhead.py``;
 * ``path``: audit, but the pipeline's ``submit`` is a no-op (the request path only);
+* ``wrap``: the bare app behind a middleware that only wraps ``receive`` and ``send`` in
+  closures, as the audit's does (what any such layer costs in this server);
 * ``queued``: audit, events are queued and drained, but nothing is built or exported;
 * ``-nogc``: the garbage collector off in the server; ``-sw<ms>``: interpreter switch interval;
 * ``-b<n>``: pipeline batch size; ``-noint``: without the integrity chain;
@@ -39,6 +41,7 @@ from collections.abc import Sequence
 from multiprocessing.connection import Connection
 
 import uvicorn
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from audit_middleware._build import build_summary
 from benchmarks import overhead as ob
@@ -68,9 +71,32 @@ def serve(variant: str, conn: Connection) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     conn.send(sock.getsockname()[1])
-    app = v.apps["bare" if variant.startswith("bare") else "audit"]
+    app = v.apps["bare" if variant.startswith(("bare", "wrap")) else "audit"]
+    if variant.startswith("wrap"):
+        app = PassThrough(app)
     config = uvicorn.Config(app, host="127.0.0.1", log_level="warning", access_log=False)
     ob._Server(config).run(sockets=[sock])
+
+
+class PassThrough:
+    """The ``wrap`` variant: a pure ASGI middleware that wraps ``receive`` and ``send`` in
+    closures, as ``AuditMiddleware`` does, and does nothing else (the cost of the layer)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def wrapped_send(message: Message) -> None:
+            await send(message)
+
+        async def wrapped_receive() -> Message:
+            return await receive()
+
+        await self.app(scope, wrapped_receive, wrapped_send)
 
 
 async def measure(variants: Sequence[str], rounds: int) -> dict[str, list[tuple[float, float]]]:
