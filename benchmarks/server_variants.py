@@ -12,7 +12,8 @@ Variants (names can be combined with modifiers, e.g. ``audit-nogc``):
 * ``bare``: the app alone; ``audit``: with ``AuditMiddleware`` as in ``overhead.py``;
 * ``path``: audit, but the pipeline's ``submit`` is a no-op (the request path only);
 * ``wrap``: the bare app behind a middleware that only wraps ``receive`` and ``send`` in
-  closures, as the audit's does (what any such layer costs in this server);
+  closures, as the audit's does (what any such layer costs in this server); ``wrap-ctx``:
+  that middleware also sets a context variable for the request, as the audit's does;
 * ``queued``: audit, events are queued and drained, but nothing is built or exported;
 * ``-nogc``: the garbage collector off in the server; ``-sw<ms>``: interpreter switch interval;
 * ``-b<n>``: pipeline batch size; ``-noint``: without the integrity chain;
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextvars
 import gc
 import multiprocessing
 import os
@@ -73,7 +75,7 @@ def serve(variant: str, conn: Connection) -> None:
     conn.send(sock.getsockname()[1])
     app = v.apps["bare" if variant.startswith(("bare", "wrap")) else "audit"]
     if variant.startswith("wrap"):
-        app = PassThrough(app)
+        app = PassThrough(app, context="-ctx" in variant)
     config = uvicorn.Config(app, host="127.0.0.1", log_level="warning", access_log=False)
     ob._Server(config).run(sockets=[sock])
 
@@ -82,8 +84,9 @@ class PassThrough:
     """The ``wrap`` variant: a pure ASGI middleware that wraps ``receive`` and ``send`` in
     closures, as ``AuditMiddleware`` does, and does nothing else (the cost of the layer)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, context: bool) -> None:
         self.app = app
+        self.context = context
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -96,7 +99,17 @@ class PassThrough:
         async def wrapped_receive() -> Message:
             return await receive()
 
-        await self.app(scope, wrapped_receive, wrapped_send)
+        if not self.context:
+            await self.app(scope, wrapped_receive, wrapped_send)
+            return
+        token = _CURRENT.set(scope)
+        try:
+            await self.app(scope, wrapped_receive, wrapped_send)
+        finally:
+            _CURRENT.reset(token)
+
+
+_CURRENT: contextvars.ContextVar[object] = contextvars.ContextVar("wrap_current")
 
 
 async def measure(variants: Sequence[str], rounds: int) -> dict[str, list[tuple[float, float]]]:
