@@ -7,10 +7,9 @@ sources, IP derivation, redaction, ids and timestamps.
 
 from __future__ import annotations
 
-import functools
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Final, NamedTuple
 from urllib.parse import parse_qsl
@@ -51,6 +50,7 @@ _METHODS: Final = frozenset(
 )
 _EMPTY: Final[Mapping[str, Any]] = MappingProxyType({})
 _new_tuple: Final = tuple.__new__  # a named tuple without its Python-level __new__
+_MEMO_SIZE: Final = 4096
 
 
 class ExplicitRecord(NamedTuple):
@@ -88,10 +88,10 @@ class EventBuilder:
         self._allowed_headers = redactor.allowed_header_names
         self._trust_proxies = config.trusted_proxies.enabled
         # Requests repeat routes and clients: bounded caches of pure functions of their inputs.
-        self._match = functools.lru_cache(maxsize=4096)(rules.match)
-        self._client = functools.lru_cache(maxsize=4096)(self._client_uncached)
-        self._headers = functools.lru_cache(maxsize=4096)(self._headers_uncached)
-        self._org_values = functools.lru_cache(maxsize=4096)(self._org_uncached)
+        self._matches = _Memo(lambda key: rules.match(*key))
+        self._clients = _Memo(lambda key: self._client_uncached(key[0], key[1], ()))
+        self._header_sets = _Memo(self._headers_uncached)
+        self._org_values = _Memo(self._org_uncached)
 
     def build(self, item: object) -> AuditEvent | None:
         """Build the event for a queued item, or None when policy says not to audit it."""
@@ -111,7 +111,7 @@ class EventBuilder:
         view = request_view(ctx.scope, ctx.protocol)
         status = ctx.status or 500
         outcome = outcome_for_status(status, raised=ctx.error_type is not None)
-        match = self._match(view.method, view.route, view.path)
+        match = self._matches.get((view.method, view.route, view.path))
         rule = match.rule
         action = ctx.action
         if action is None and rule is not None:
@@ -195,18 +195,18 @@ class EventBuilder:
         request: RequestInfo = _new_tuple(RequestInfo, (
             rid,
             view.method if view.method in _METHODS else clean_text(view.method, 32),
-            _clean_short(path, MAX_PATH) if len(path) <= 1024 else clean_text(path, MAX_PATH),
-            None if route is None else _clean_short(route, MAX_PATH),
+            _short_texts.get(path) if len(path) <= 1024 else clean_text(path, MAX_PATH),
+            None if route is None else _short_texts.get(route),
             status,
             None if ctx is None else (ctx.duration_ns + 500) // 1000 / 1000,  # ms, 3 decimals
             None if ctx is None else ctx.completed,
             self.redactor.query(view.query) if view.query else _EMPTY,
-            self._headers(tuple(picked)) if picked else _EMPTY,
+            self._header_sets.get(tuple(picked)) if picked else _EMPTY,
         ))  # fmt: skip
         if self._trust_proxies:
             client = self._client_uncached(view.peer, user_agent, view.headers)
         elif user_agent is None or len(user_agent) <= 1024:
-            client = self._client(view.peer, user_agent, ())
+            client = self._clients.get((view.peer, user_agent))
         else:
             client = self._client_uncached(view.peer, user_agent, ())
         return request, client
@@ -214,7 +214,7 @@ class EventBuilder:
     def _org(self, org: object) -> str:
         """The org id, cleaned (org ids repeat: cached when short)."""
         text = str(org)
-        return self._org_values(text) if len(text) <= 256 else self._org_uncached(text)
+        return self._org_values.get(text) if len(text) <= 256 else self._org_uncached(text)
 
     def _org_uncached(self, org: str) -> str:
         return self.redactor.scalar("org_id", org)
@@ -292,10 +292,30 @@ class EventBuilder:
         )
 
 
-@functools.lru_cache(maxsize=4096)
-def _clean_short(text: str, max_length: int) -> str:
-    """clean_text for short values that repeat (routes, paths, User-Agents)."""
-    return clean_text(text, max_length)
+class _Memo:
+    """A bounded memo of a pure function of one hashable key, emptied when full: the keys
+    repeat (routes, clients, header sets), so it needs none of ``functools.lru_cache``'s
+    recency bookkeeping, and a compiled caller calls it directly."""
+
+    __slots__ = ("_entries", "_function")
+
+    def __init__(self, function: Callable[[Any], Any]) -> None:
+        self._entries: dict[Any, Any] = {}
+        self._function = function
+
+    def get(self, key: Any) -> Any:
+        """``function(key)``, computed once while it is remembered."""
+        entries = self._entries
+        value = entries.get(key)
+        if value is None:
+            if len(entries) >= _MEMO_SIZE:
+                entries.clear()
+            value = entries[key] = self._function(key)
+        return value
+
+
+# Paths and routes repeat; clean_text of one is a pure function of it.
+_short_texts: Final = _Memo(lambda text: clean_text(text, MAX_PATH))
 
 
 def _scan_headers(
