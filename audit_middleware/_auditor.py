@@ -295,6 +295,11 @@ class Auditor:
                 self._valid_actions.add(action)
         if outcome not in OUTCOMES:
             raise ValueError(f"outcome must be one of {OUTCOMES}, got {outcome!r}")
+        if actor is not None and not isinstance(actor, Actor):
+            raise TypeError(f"actor must be an Actor, got {type(actor).__name__}")
+        if target is not None and not isinstance(target, Target):
+            kind = type(target).__name__
+            raise TypeError(f"target must be a Target, e.g. Target('doc', 'd_1'), got {kind}")
         if not self.enabled:
             return
         ctx = current_context()

@@ -285,3 +285,22 @@ def test_batches_waiting_behind_a_slow_export_merge_only_when_the_exporter_allow
         assert len(exporter.sizes) == 2
     else:
         assert max(exporter.sizes) == 10
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"target": "doc:d_1"}, "target must be a Target"),
+        ({"target": ("doc", "d_1")}, "target must be a Target"),
+        ({"actor": {"id": "u_1"}}, "actor must be an Actor"),
+    ],
+)
+def test_record_rejects_a_target_or_actor_of_the_wrong_type(
+    make_auditor: Callable[..., MemoryAuditor], options: dict[str, object], message: str
+) -> None:
+    """Raised in the caller, rather than an event lost later in the pipeline."""
+    auditor = make_auditor()
+    with pytest.raises(TypeError, match=message):
+        auditor.record("doc.updated", **options)  # type: ignore[arg-type]
+    assert auditor.force_flush(timeout=5)
+    assert auditor.stats().build_errors == 0
