@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, TypeVar
 from urllib.parse import parse_qsl
 
 import orjson
@@ -34,7 +34,7 @@ from audit_middleware._event import (
 )
 from audit_middleware._ids import format_timestamp, uuid7
 from audit_middleware._jwt import JWTVerifier, bearer_token
-from audit_middleware._rules import Rule, RuleSet, Source
+from audit_middleware._rules import Rule, RuleMatch, RuleSet, Source
 from audit_middleware._sanitize import NEVER_RECORDED_HEADERS, REDACTED, Redactor, clean_text
 from audit_middleware._views import RequestView, request_view
 
@@ -51,6 +51,8 @@ _METHODS: Final = frozenset(
 _EMPTY: Final[Mapping[str, Any]] = MappingProxyType({})
 _new_tuple: Final = tuple.__new__  # a named tuple without its Python-level __new__
 _MEMO_SIZE: Final = 4096
+_K = TypeVar("_K")
+_V = TypeVar("_V")
 
 
 class ExplicitRecord(NamedTuple):
@@ -88,10 +90,12 @@ class EventBuilder:
         self._allowed_headers = redactor.allowed_header_names
         self._trust_proxies = config.trusted_proxies.enabled
         # Requests repeat routes and clients: bounded caches of pure functions of their inputs.
-        self._matches = _Memo(lambda key: rules.match(*key))
-        self._clients = _Memo(lambda key: self._client_uncached(key[0], key[1], ()))
-        self._header_sets = _Memo(self._headers_uncached)
-        self._org_values = _Memo(self._org_uncached)
+        # Looked up inline (``known.get(key) or self._miss(key)``): cheaper than a
+        # functools.lru_cache call in either build, and these keys need no recency order.
+        self._matches: dict[tuple[str, str | None, str], RuleMatch] = {}
+        self._clients: dict[tuple[str | None, bytes | None], ClientInfo] = {}
+        self._header_sets: dict[tuple[tuple[bytes, bytes], ...], Mapping[str, str]] = {}
+        self._org_values: dict[str, str] = {}
 
     def build(self, item: object) -> AuditEvent | None:
         """Build the event for a queued item, or None when policy says not to audit it."""
@@ -111,7 +115,8 @@ class EventBuilder:
         view = request_view(ctx.scope, ctx.protocol)
         status = ctx.status or 500
         outcome = outcome_for_status(status, raised=ctx.error_type is not None)
-        match = self._matches.get((view.method, view.route, view.path))
+        key = (view.method, view.route, view.path)
+        match = self._matches.get(key) or self._match_miss(key)
         rule = match.rule
         action = ctx.action
         if action is None and rule is not None:
@@ -195,18 +200,21 @@ class EventBuilder:
         request: RequestInfo = _new_tuple(RequestInfo, (
             rid,
             view.method if view.method in _METHODS else clean_text(view.method, 32),
-            _short_texts.get(path) if len(path) <= 1024 else clean_text(path, MAX_PATH),
-            None if route is None else _short_texts.get(route),
+            (_short_texts.get(path) or _short_text(path))
+            if len(path) <= 1024
+            else clean_text(path, MAX_PATH),
+            None if route is None else _short_texts.get(route) or _short_text(route),
             status,
             None if ctx is None else (ctx.duration_ns + 500) // 1000 / 1000,  # ms, 3 decimals
             None if ctx is None else ctx.completed,
             self.redactor.query(view.query) if view.query else _EMPTY,
-            self._header_sets.get(tuple(picked)) if picked else _EMPTY,
+            self._header_set(tuple(picked)) if picked else _EMPTY,
         ))  # fmt: skip
         if self._trust_proxies:
             client = self._client_uncached(view.peer, user_agent, view.headers)
         elif user_agent is None or len(user_agent) <= 1024:
-            client = self._clients.get((view.peer, user_agent))
+            peer_ua = (view.peer, user_agent)
+            client = self._clients.get(peer_ua) or self._client_miss(peer_ua)
         else:
             client = self._client_uncached(view.peer, user_agent, ())
         return request, client
@@ -214,13 +222,27 @@ class EventBuilder:
     def _org(self, org: object) -> str:
         """The org id, cleaned (org ids repeat: cached when short)."""
         text = str(org)
-        return self._org_values.get(text) if len(text) <= 256 else self._org_uncached(text)
+        if len(text) > 256:
+            return self._org_uncached(text)
+        return self._org_values.get(text) or _remember(
+            self._org_values, text, self._org_uncached(text)
+        )
 
     def _org_uncached(self, org: str) -> str:
         return self.redactor.scalar("org_id", org)
 
-    def _headers_uncached(self, picked: tuple[tuple[bytes, bytes], ...]) -> Mapping[str, str]:
-        return MappingProxyType(self.redactor.headers(picked))  # shared by events: read-only
+    def _match_miss(self, key: tuple[str, str | None, str]) -> RuleMatch:
+        return _remember(self._matches, key, self.rules.match(*key))
+
+    def _client_miss(self, key: tuple[str | None, bytes | None]) -> ClientInfo:
+        return _remember(self._clients, key, self._client_uncached(key[0], key[1], ()))
+
+    def _header_set(self, picked: tuple[tuple[bytes, bytes], ...]) -> Mapping[str, str]:
+        known = self._header_sets.get(picked)
+        if known is None:  # shared by events: read-only
+            known = MappingProxyType(self.redactor.headers(picked))
+            _remember(self._header_sets, picked, known)
+        return known
 
     def _client_uncached(
         self, peer: str | None, user_agent: bytes | None, headers: Sequence[tuple[bytes, bytes]]
@@ -292,30 +314,21 @@ class EventBuilder:
         )
 
 
-class _Memo:
-    """A bounded memo of a pure function of one hashable key, emptied when full: the keys
-    repeat (routes, clients, header sets), so it needs none of ``functools.lru_cache``'s
-    recency bookkeeping, and a compiled caller calls it directly."""
-
-    __slots__ = ("_entries", "_function")
-
-    def __init__(self, function: Callable[[Any], Any]) -> None:
-        self._entries: dict[Any, Any] = {}
-        self._function = function
-
-    def get(self, key: Any) -> Any:
-        """``function(key)``, computed once while it is remembered."""
-        entries = self._entries
-        value = entries.get(key)
-        if value is None:
-            if len(entries) >= _MEMO_SIZE:
-                entries.clear()
-            value = entries[key] = self._function(key)
-        return value
+def _remember(entries: dict[_K, _V], key: _K, value: _V) -> _V:
+    """Store ``value`` under ``key`` in a memo of a pure function, emptied when full (its keys
+    repeat: routes, clients, header sets, org ids, paths); return ``value``."""
+    if len(entries) >= _MEMO_SIZE:
+        entries.clear()
+    entries[key] = value
+    return value
 
 
 # Paths and routes repeat; clean_text of one is a pure function of it.
-_short_texts: Final = _Memo(lambda text: clean_text(text, MAX_PATH))
+_short_texts: Final[dict[str, str]] = {}
+
+
+def _short_text(text: str) -> str:
+    return _remember(_short_texts, text, clean_text(text, MAX_PATH))
 
 
 def _scan_headers(
