@@ -131,7 +131,8 @@ def _well_formed(headers: object) -> bool:
 
 def _header_pairs(headers: object) -> list[tuple[bytes, bytes]]:
     """The well-formed ``(name, value)`` pairs of a malformed header list (lists for tuples and
-    ``str`` for bytes accepted, anything else dropped), up to an error in its iteration."""
+    ``str`` for bytes accepted, names lowercased, anything else dropped), up to an error in its
+    iteration."""
     pairs: list[tuple[bytes, bytes]] = []
     if headers is None or isinstance(headers, (str, bytes, bytearray, Mapping)):
         return pairs
@@ -141,7 +142,7 @@ def _header_pairs(headers: object) -> list[tuple[bytes, bytes]]:
                 continue
             name, value = _header_bytes(item[0]), _header_bytes(item[1])
             if name is not None and value is not None:
-                pairs.append((name, value))
+                pairs.append((name.lower(), value))  # ASGI names are lowercase
     return pairs
 
 

@@ -278,6 +278,7 @@ _MALFORMED_HEADERS: list[object] = [
     [b"x-note", b"from a list"],
     (b"x-note", "str-value"),
     (b"host", b"example.test", b"third"),
+    ("X-Note", b"a str name, not lowercase"),
     b"not-a-pair",
 ]
 
@@ -335,7 +336,9 @@ def test_a_malformed_scope_member_is_audited_not_lost(
     assert event.client is not None
     assert b"pw" not in orjson.dumps(event.to_dict())
     if member == "headers" and isinstance(value, (list, tuple)):
-        assert event.request.headers == {"x-note": "from a list, str-value"}  # not the 3-tuple
+        assert event.request.headers == {  # not the 3-tuple
+            "x-note": "from a list, str-value, a str name, not lowercase"
+        }
         assert event.client.user_agent == "a str, not bytes"
     if member == "query_string" and isinstance(value, str):
         assert event.request.query == {"page": "2", "password": REDACTED}
