@@ -57,10 +57,15 @@ class Actor:
     name: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("id", "email", "name"):  # an int database key, say: recorded as text
-            value = getattr(self, name)
-            if value is not None and type(value) is not str:
-                object.__setattr__(self, name, str(value))
+        id_, email, name = self.id, self.email, self.name
+        if (
+            (id_ is not None and type(id_) is not str)
+            or (email is not None and type(email) is not str)
+            or (name is not None and type(name) is not str)
+        ):  # an int database key, say: recorded as text
+            for field, value in (("id", id_), ("email", email), ("name", name)):
+                if value is not None and type(value) is not str:
+                    object.__setattr__(self, field, str(value))
         if self.type not in ACTOR_TYPES:
             raise ValueError(f"actor type must be one of {ACTOR_TYPES}, got {self.type!r}")
         if self.id is None and self.type != "anonymous":
