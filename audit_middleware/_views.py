@@ -173,11 +173,12 @@ def _wsgi_text(value: str) -> str:
         return value
 
 
-def wsgi_headers(environ: Mapping[str, Any]) -> list[tuple[bytes, bytes]]:
-    """The request headers of a WSGI environ in ASGI form: (lowercase name, value) bytes."""
+def wsgi_headers(environ: Mapping[Any, Any]) -> list[tuple[bytes, bytes]]:
+    """The request headers of a WSGI environ in ASGI form: (lowercase name, value) bytes.
+    A value that a broken server passed as bytes is taken as it is; other types are skipped."""
     headers: list[tuple[bytes, bytes]] = []
     for key, value in environ.items():
-        if not isinstance(value, str):
+        if type(key) is not str:
             continue
         if key.startswith("HTTP_"):
             name = key[5:]
@@ -185,10 +186,23 @@ def wsgi_headers(environ: Mapping[str, Any]) -> list[tuple[bytes, bytes]]:
             name = key
         else:
             continue
-        headers.append(
-            (name.lower().replace("_", "-").encode("latin-1"), value.encode("latin-1", "replace"))
-        )
+        if isinstance(value, str):
+            raw = value.encode("latin-1", "replace")
+        elif isinstance(value, (bytes, bytearray)):
+            raw = bytes(value)
+        else:
+            continue
+        headers.append((name.lower().replace("_", "-").encode("latin-1", "replace"), raw))
     return headers
+
+
+def _environ_text(value: object) -> str:
+    """A PEP 3333 string member as the server should have passed it (bytes as latin-1)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("latin-1")
+    return "" if value is None else str(value)
 
 
 def _wsgi_route(
@@ -227,16 +241,16 @@ def _django_route(path_info: str) -> tuple[str | None, Mapping[str, Any]]:
 def wsgi_view(environ: Mapping[str, Any], *, django: bool = False) -> RequestView:
     """Read a WSGI environ (after the app ran, so Flask's routing information is present);
     ``django``: the app is Django's handler, whose URL configuration names the route."""
-    script = _wsgi_text(str(environ.get("SCRIPT_NAME", "")))
-    path_info = _wsgi_text(str(environ.get("PATH_INFO", "")))
+    script = _wsgi_text(_environ_text(environ.get("SCRIPT_NAME")))
+    path_info = _wsgi_text(_environ_text(environ.get("PATH_INFO")))
     route, params = _wsgi_route(environ, path_info, django)
     if route is not None and script:
         route = script.rstrip("/") + route
     peer = environ.get("REMOTE_ADDR")
     return RequestView(
-        str(environ.get("REQUEST_METHOD", "GET")),
+        method_text(environ.get("REQUEST_METHOD")),
         script + path_info,
-        str(environ.get("QUERY_STRING", "")).encode("latin-1", "replace"),
+        _environ_text(environ.get("QUERY_STRING")).encode("latin-1", "replace"),
         wsgi_headers(environ),
         peer if isinstance(peer, str) and peer else None,
         params,

@@ -19,6 +19,7 @@ from audit_middleware._asgi import keep_chunk
 from audit_middleware._auditor import Auditor
 from audit_middleware._builder import MAX_REQUEST_BODY
 from audit_middleware._context import RequestContext, _current, current_context
+from audit_middleware._views import method_text
 from audit_middleware._warn import logger, warn_limited
 
 __all__ = ["AuditWSGIMiddleware"]
@@ -47,7 +48,7 @@ class AuditWSGIMiddleware:
         auditor = self.auditor
         if not auditor.enabled:
             return self.app(environ, start_response)
-        method = str(environ.get("REQUEST_METHOD", "GET"))
+        method = method_text(environ.get("REQUEST_METHOD"))
         ctx = RequestContext(auditor, environ, method, time_ns())
         ctx.protocol = self._framework
         start = perf_counter_ns()

@@ -261,3 +261,52 @@ def test_wsgi_headers_and_client(make_auditor: Callable[..., MemoryAuditor]) -> 
     assert event.request.path == "/café"
     assert event.request.query == {"token": "[REDACTED]", "page": "2"}
     assert "secret-token" not in str(event.to_dict())
+
+
+def _plain_app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+    start_response("201 Created", [("Content-Type", "text/plain")])
+    return [b"ok"]
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        pytest.param("REQUEST_METHOD", b"POST", id="method-bytes"),
+        pytest.param("PATH_INFO", b"/x", id="path-bytes"),
+        pytest.param("PATH_INFO", None, id="path-none"),
+        pytest.param("SCRIPT_NAME", 5, id="script-int"),
+        pytest.param("QUERY_STRING", b"page=2", id="query-bytes"),
+        pytest.param("QUERY_STRING", "q=\u00e9\u4e2d", id="query-not-latin-1"),
+        pytest.param("REMOTE_ADDR", 42, id="remote-addr-int"),
+        pytest.param("REMOTE_ADDR", "", id="remote-addr-empty"),
+        pytest.param("HTTP_USER_AGENT", b"bytes-ua", id="ua-bytes"),
+        pytest.param("HTTP_USER_AGENT", "\u4e2d\u6587", id="ua-not-latin-1"),
+        pytest.param("HTTP_X_NOTE", 7, id="header-int"),
+        pytest.param(7, "int key", id="key-int"),
+    ],
+)
+def test_a_malformed_environ_member_is_audited_not_lost(
+    make_auditor: Callable[..., MemoryAuditor], key: Any, value: object
+) -> None:
+    """WSGI servers and middleware in front can break PEP 3333's types too: each request is
+    still audited, under both builds (the compiled one checks annotations at run time)."""
+    auditor = make_auditor(headers=["x-note"])
+    audited = AuditWSGIMiddleware(_plain_app, auditor=auditor)
+
+    def app(environ: dict[Any, Any], start_response: Any) -> Iterable[bytes]:
+        environ[key] = value  # what a broken server or middleware in front would pass
+        return audited(environ, start_response)
+
+    status, body = _call(app)
+    assert (status, body) == ("201 Created", b"ok")
+    (event,) = auditor.wait_for(1)
+    assert event.outcome == "success"
+    assert event.request is not None
+    assert auditor.stats().build_errors == 0
+    if key in ("REQUEST_METHOD", "PATH_INFO", "QUERY_STRING") and isinstance(value, bytes):
+        assert (event.request.method, event.request.path) == ("POST", "/x")
+    if key == "QUERY_STRING" and value == b"page=2":
+        assert event.request.query == {"page": "2"}
+    if key == "HTTP_USER_AGENT" and value == b"bytes-ua":
+        assert event.client is not None
+        assert event.client.user_agent == "bytes-ua"
