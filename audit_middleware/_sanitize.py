@@ -202,7 +202,7 @@ def _to_text(value: object, limit: int) -> str:
     return value[:limit] if type(value) is str else str.__str__(value)[:limit]
 
 
-def clean_text(value: str | bytes, max_length: int) -> str:
+def clean_text(value: object, max_length: int) -> str:
     """Return *value* as printable single-line text of at most *max_length* characters.
 
     Bytes are decoded as UTF-8 with invalid bytes shown as ``\\xNN``. Control characters,
@@ -250,7 +250,7 @@ def _is_basic_credential(token: str) -> bool:
     return b":" in decoded  # RFC 7617: base64("user-id:password")
 
 
-def looks_like_secret_value(value: str) -> bool:
+def looks_like_secret_value(value: object) -> bool:
     """Return True if *value* looks like a credential, whatever key it is stored under.
 
     Recognises ``Bearer <token>`` and ``Basic <base64 user:pass>`` (whole value, any case),
@@ -371,7 +371,7 @@ class Redactor:
         """The allow-listed header names, lowercase, as bytes (as ASGI delivers them)."""
         return self._header_allow_bytes
 
-    def is_secret_key(self, key: str) -> bool:
+    def is_secret_key(self, key: object) -> bool:
         """Return True if *key* names a secret.
 
         The key is split into lowercase words (on ``-``, ``.``, ``_``, spaces, any other
@@ -409,13 +409,13 @@ class Redactor:
             return REDACTED
         return clean_text(probe, self._max_string)
 
-    def scalar(self, key: str, value: object) -> str:
+    def scalar(self, key: object, value: object) -> str:
         """Clean one path parameter or target id; REDACTED for a secret key or value."""
         if self.is_secret_key(key):
             return REDACTED
         return self._clean_value(value)
 
-    def headers(self, raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    def headers(self, raw: Iterable[Any]) -> dict[str, str]:
         """Return allow-listed headers (first 200 lines) as cleaned, joined values."""
         items = raw if isinstance(raw, list | tuple) else _take(raw, _MAX_HEADER_LINES)
         try:
@@ -423,7 +423,7 @@ class Redactor:
         except Exception:  # anything unusual: the careful path below
             return self._headers_careful(items)
 
-    def _headers_fast(self, raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    def _headers_fast(self, raw: Iterable[Any]) -> dict[str, str]:
         """Well-formed ASGI headers (lowercase bytes names, short values); raises otherwise."""
         allowed = self._header_allow_bytes
         limit = self._max_string
@@ -442,7 +442,7 @@ class Redactor:
                 )
         return out
 
-    def _headers_careful(self, raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    def _headers_careful(self, raw: Iterable[Any]) -> dict[str, str]:
         allowed = self._header_allow_bytes
         collected: dict[str, list[str]] = {}
         sizes: dict[str, int] = {}
@@ -476,7 +476,7 @@ class Redactor:
             for name, values in collected.items()
         }
 
-    def query(self, raw_query: bytes | str) -> dict[str, str | list[str]]:
+    def query(self, raw_query: object) -> dict[str, str | list[str]]:
         """Parse a query string (first 4096 bytes) into cleaned, redacted values.
 
         Bytes are decoded so that both raw and percent-encoded UTF-8 come out right and

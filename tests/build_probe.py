@@ -33,6 +33,7 @@ HOT = (
     "audit_middleware._context",
     "audit_middleware._ids",
     "audit_middleware._lines",
+    "audit_middleware._sanitize",
     "audit_middleware._views",
     "audit_middleware.integrity._document",
     "audit_middleware.integrity._seal",

@@ -395,7 +395,7 @@ def test_headers_tolerate_malformed_items() -> None:
         raise RuntimeError("server bug")
 
     raw: list[object] = [(b"origin",), (None, b"x"), (b"content-type", 42), (b"host", "str-ok")]
-    assert Redactor().headers(raw) == {"host": "str-ok"}  # type: ignore[arg-type]
+    assert Redactor().headers(raw) == {"host": "str-ok"}
     assert Redactor().headers(broken()) == {"host": "ok"}
 
 
@@ -456,7 +456,7 @@ def test_query_huge_input_is_bounded_and_drops_partial_pair() -> None:
 
 
 def test_query_never_raises_on_wrong_type() -> None:
-    assert Redactor().query(12345) == {}  # type: ignore[arg-type]
+    assert Redactor().query(12345) == {}
 
 
 # -- metadata -------------------------------------------------------------------------------
