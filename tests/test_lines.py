@@ -128,6 +128,84 @@ def test_uuid7_ids_carry_time_version_variant_and_sort_in_creation_order() -> No
     assert later > ids[-1]
 
 
+def test_uuid7_ids_stay_unique_and_ordered_per_thread_across_threads() -> None:
+    import threading
+
+    from audit_middleware._ids import uuid7
+
+    made: list[list[str]] = [[] for _ in range(4)]
+
+    def make(out: list[str]) -> None:
+        out.extend(uuid7() for _ in range(5000))
+
+    threads = [threading.Thread(target=make, args=(out,)) for out in made]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    every = [i for out in made for i in out]
+    assert len(set(every)) == len(every) == 20000
+    assert all(out == sorted(out) for out in made)
+
+
+def test_uuid7_counter_rollover_moves_on_to_the_next_millisecond_in_order() -> None:
+    import time
+    import uuid
+
+    from audit_middleware import _ids
+
+    clock = _ids._clock
+    saved = clock.last_ms, clock.counter, clock.ahead
+    try:
+        ns = time.time_ns() + 3_600_000_000_000  # an hour ahead: past every id made so far
+        first = _ids.uuid7(ns)
+        clock.counter = 0xFFF - 1  # as if 2048 or more ids had been made in this millisecond
+        ids = [first, *(_ids.uuid7(ns) for _ in range(5)), _ids.uuid7(ns + 1_000_000)]
+        assert ids == sorted(ids)
+        assert len(set(ids)) == len(ids)
+        ms = [uuid.UUID(i).int >> 80 for i in ids]
+        assert ms == [ns // 1_000_000] * 2 + [ns // 1_000_000 + 1] * 5  # the last two: one ms
+        later = _ids.uuid7(ns + 5_000_000)  # the clock passed the rollover: its own ms again
+        assert uuid.UUID(later).int >> 80 == ns // 1_000_000 + 5
+        assert all(uuid.UUID(i).version == 7 and uuid.UUID(i).variant == uuid.RFC_4122 for i in ids)
+    finally:
+        clock.last_ms, clock.counter, clock.ahead = saved
+
+
+def test_uuid7_works_in_a_child_forked_while_another_thread_held_its_lock() -> None:
+    import os
+    import threading
+    import time
+
+    from audit_middleware import _ids
+
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with _ids._clock.lock:
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert held.wait(5)
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: the holder thread does not exist here
+            os._exit(0 if len(_ids.uuid7()) == 36 else 1)
+        deadline = time.monotonic() + 10
+        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if done[0] == 0:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        assert done[0] == pid, "uuid7 hung in the forked child: its lock was not renewed"
+        assert os.waitstatus_to_exitcode(done[1]) == 0
+    finally:
+        release.set()
+        holder.join()
+
+
 @pytest.mark.parametrize("integrity", [True, False])
 def test_an_event_that_cannot_be_rendered_is_counted_and_the_rest_flow(integrity: bool) -> None:
     from exporters.memory import InMemoryExporter
