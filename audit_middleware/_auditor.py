@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import EllipsisType
-from typing import Any
+from typing import Any, Final
 
 from audit_middleware import _hooks
 from audit_middleware._batch import EventBatch
@@ -27,6 +27,8 @@ from audit_middleware._sanitize import Redactor
 from audit_middleware._warn import logger, warn_limited
 from audit_middleware.integrity._chain import EventChain
 from audit_middleware.resolvers import ActorResolver, OrgResolver, scope_user_actor, scope_user_org
+
+_new_tuple: Final = tuple.__new__
 
 __all__ = ["Auditor", "get_default_auditor", "record"]
 
@@ -314,16 +316,19 @@ class Auditor:
         if org_id is not None and type(org_id) is not str:
             org_id = str(org_id)  # an int key, say: the schema's text
         self._submit(
-            ExplicitRecord(
-                action,
-                outcome,
-                actor,
-                target,
-                org_id,
-                dict(metadata) if metadata else {},
-                time.time_ns(),
-                ctx,
-                None if self.capture_trace is None else self.capture_trace(),
+            _new_tuple(  # ExplicitRecord(...) without the named tuple's Python-level __new__
+                ExplicitRecord,
+                (
+                    action,
+                    outcome,
+                    actor,
+                    target,
+                    org_id,
+                    dict(metadata) if metadata else {},
+                    time.time_ns(),
+                    ctx,
+                    None if self.capture_trace is None else self.capture_trace(),
+                ),
             )
         )
 
