@@ -60,6 +60,7 @@ ENV: Final[Mapping[str, str]] = {
     "AUDIT_LOG_ARCHIVE_MAX_BYTES": "8388608",
     "AUDIT_LOG_ARCHIVE_MAX_AGE": "60",
     "AUDIT_LOG_ARCHIVE_GZIP_LEVEL": "3",
+    "AUDIT_LOG_ARCHIVE_GZIP_ENGINE": "auto",
     "AUDIT_LOG_SPOOL_DIR": "",
     "AUDIT_LOG_SPOOL_MAX_BYTES": "1073741824",
     "AUDIT_LOG_RETENTION_DAYS": "90",
@@ -117,6 +118,7 @@ class AuditConfig:
     archive_max_bytes: int
     archive_max_age: float
     archive_gzip_level: int
+    archive_gzip_engine: Literal["auto", "isal", "zlib"]
     spool_dir: str
     spool_max_bytes: int
     retention_days: int
@@ -190,6 +192,11 @@ class AuditConfig:
             archive_max_age=r.get("archive_max_age", "AUDIT_LOG_ARCHIVE_MAX_AGE", _seconds),
             archive_gzip_level=r.get(
                 "archive_gzip_level", "AUDIT_LOG_ARCHIVE_GZIP_LEVEL", _int(1, 9)
+            ),
+            archive_gzip_engine=r.get(
+                "archive_gzip_engine",
+                "AUDIT_LOG_ARCHIVE_GZIP_ENGINE",
+                _choice(("auto", "isal", "zlib")),
             ),
             spool_dir=r.get("spool_dir", "AUDIT_LOG_SPOOL_DIR", _text),
             spool_max_bytes=r.get("spool_max_bytes", "AUDIT_LOG_SPOOL_MAX_BYTES", _int(1, 1 << 50)),

@@ -59,6 +59,7 @@ def create_exporter(
             object_lock=lock if lock in (None, "auto") else lock.upper(),
             format=config.archive_format,
             gzip_level=config.archive_gzip_level,
+            gzip_engine=config.archive_gzip_engine,
             signing_key=_signing_key(environ),
             digest_interval=config.digest_interval,
         )

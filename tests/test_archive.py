@@ -294,13 +294,26 @@ def test_archive_selected_by_name_from_the_environment(tmp_path: Path) -> None:
     auditor.shutdown(timeout=5)
 
 
-def test_the_gzip_level_is_configurable_and_changes_only_the_size(tmp_path: Path) -> None:
+def _require_isal() -> None:
+    try:
+        import isal  # noqa: F401
+    except ImportError:
+        pytest.fail("the ISA-L gzip engine is not installed: pip install isal (in the dev extra)")
+
+
+@pytest.mark.parametrize("engine", ["isal", "zlib"])
+def test_the_gzip_level_is_configurable_and_changes_only_the_size(
+    tmp_path: Path, engine: str
+) -> None:
+    if engine == "isal":
+        _require_isal()
     sizes = {}
     for level in ("1", "9"):
         env = {
             "AUDIT_LOG_EXPORTERS": "archive",
             "AUDIT_LOG_ARCHIVE_URL": str(tmp_path / level),
             "AUDIT_LOG_ARCHIVE_GZIP_LEVEL": level,
+            "AUDIT_LOG_ARCHIVE_GZIP_ENGINE": engine,
             "AUDIT_LOG_INTEGRITY": "false",  # the same bytes in both archives
         }
         auditor = Auditor(environ=env, batch_interval=0.01)
@@ -319,6 +332,49 @@ def test_the_gzip_level_is_configurable_and_changes_only_the_size(tmp_path: Path
         Auditor(environ={**env, "AUDIT_LOG_ARCHIVE_GZIP_LEVEL": "0"})
     with pytest.raises(ValueError, match="gzip_level"):
         ArchiveExporter(str(tmp_path / "x"), gzip_level=10)
+
+
+def test_both_gzip_engines_write_standard_gzip_of_the_same_lines(tmp_path: Path) -> None:
+    _require_isal()
+    lines: dict[str, list[bytes]] = {}
+    for engine in ("auto", "isal", "zlib"):
+        exporter = ArchiveExporter(str(tmp_path / engine), gzip_engine=engine)
+        assert exporter.gzip_engine == ("zlib" if engine == "zlib" else "isal")
+        auditor = Auditor(exporters=[exporter], integrity=False, environ={}, batch_interval=0.01)
+        for i in range(300):
+            auditor.record("doc.updated", org_id="org_a", metadata={"i": i, "text": "x" * (i % 50)})
+        assert auditor.force_flush(timeout=10)
+        auditor.shutdown(timeout=5)
+        (path,) = (tmp_path / engine).rglob("*.jsonl.gz")
+        raw = path.read_bytes()
+        assert raw[:2] == b"\x1f\x8b"  # a gzip member, which Athena and zcat read
+        lines[engine] = gzip.decompress(raw).splitlines()
+    metadata = {e: [orjson.loads(x)["metadata"] for x in rows] for e, rows in lines.items()}
+    assert metadata["isal"] == metadata["zlib"] == metadata["auto"]
+    assert [m["i"] for m in metadata["isal"]] == list(range(300))
+
+
+def test_a_missing_isal_engine_is_a_clear_error_and_auto_falls_back_to_zlib(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "isal", None)  # as if not installed: imports fail
+    with pytest.raises(ImportError, match=r"pip install 'audit-log-middleware\[isal\]'"):
+        ArchiveExporter(str(tmp_path / "a"), gzip_engine="isal")
+    assert ArchiveExporter(str(tmp_path / "b")).gzip_engine == "zlib"
+    with pytest.raises(ValueError, match="gzip engine"):
+        ArchiveExporter(str(tmp_path / "c"), gzip_engine="lz4")
+    with pytest.raises(AuditConfigError, match="AUDIT_LOG_ARCHIVE_GZIP_ENGINE"):
+        Auditor(environ={"AUDIT_LOG_ARCHIVE_GZIP_ENGINE": "lz4"})
+
+
+def test_isal_levels_never_compress_less_as_the_setting_rises() -> None:
+    from exporters._gzip import isal_level
+
+    levels = [isal_level(level) for level in range(1, 10)]
+    assert levels == sorted(levels)
+    assert levels[0] == 0
+    assert levels[2] == 1  # the default, 3, is ISA-L's 1
+    assert levels[-1] == 3
 
 
 def test_s3_down_for_30_seconds_under_load_loses_nothing(s3: S3Endpoint, tmp_path: Path) -> None:
