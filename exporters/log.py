@@ -25,6 +25,7 @@ __all__ = ["StructlogExporter"]
 
 
 _TAIL = b',"logger":"audit","level":"info"}\n'
+_MAX_TAILS = 1024
 
 
 def _render(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> bytes:
@@ -64,6 +65,15 @@ class StructlogExporter:
         )
         if not isinstance(output, str) and not hasattr(output, "write"):
             raise TypeError("output must be 'stdout', 'stderr', a path or a binary file object")
+        self._tails: dict[str, bytes] = {}  # action -> ',"event":"<action>"' + _TAIL
+
+    def _tail(self, action: str) -> bytes:
+        """What follows an event's members in its log line (actions repeat: remembered)."""
+        tails = self._tails
+        if len(tails) >= _MAX_TAILS:
+            tails.clear()
+        tail = tails[action] = b',"event":' + orjson.dumps(action) + _TAIL
+        return tail
 
     def _target(self) -> IO[bytes]:
         if self._file is None:
@@ -89,9 +99,12 @@ class StructlogExporter:
         lines: list[bytes] = []
         chain = self._chain
         if len(chain) == 2:  # no extra processors: what add_log_level + _render would produce
-            dumps = orjson.dumps
+            tails = self._tails
+            append = lines.append
             for event, line in zip(batch, rendered_lines, strict=True):
-                lines.append(b'%b,"event":%b%b' % (line[:-2], dumps(event.action), _TAIL))
+                action = event.action
+                append(line[:-2])  # without "}\n"
+                append(tails.get(action) or self._tail(action))
         else:
             for event, line in zip(batch, rendered_lines, strict=True):
                 data: Any = orjson.loads(line)

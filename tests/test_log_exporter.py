@@ -83,3 +83,17 @@ def test_the_direct_rendering_matches_structlogs_chain(
         "logger",
         "level",
     ]
+    # More distinct actions than the exporter remembers tails for: still the same lines.
+    many = [events[i % len(events)]._replace(action=f"doc.action{i}") for i in range(1500)]
+    direct, chained = io.BytesIO(), io.BytesIO()
+    exporter = StructlogExporter(output=direct)
+    exporter.export(many)
+    exporter.export(many[::-1])
+    chained_exporter = StructlogExporter(output=chained, processors=[keep])
+    chained_exporter.export(many)
+    chained_exporter.export(many[::-1])
+    assert direct.getvalue() == chained.getvalue()
+    assert [orjson.loads(x)["event"] for x in direct.getvalue().splitlines()[:2]] == [
+        "doc.action0",
+        "doc.action1",
+    ]
