@@ -298,19 +298,24 @@ class EventBuilder:
             view = request_view(rec.context.scope, rec.context.protocol)
             params = {str(k): str(v) for k, v in view.path_params.items()}
             request, client = self._request_info(view, params, view.route, event_id, None, None)
-        return AuditEvent(
-            event_id,
-            format_timestamp(rec.occurred_ns),
-            rec.action,
-            rec.outcome,
-            rec.actor,
-            None if rec.org_id is None else self._org(rec.org_id),
-            rec.target,
-            request,
-            client,
-            None,
-            self.redactor.metadata(rec.metadata) if rec.metadata else _EMPTY,
-            rec.trace,
+        return _new_tuple(  # AuditEvent(...) without the named tuple's Python-level __new__
+            AuditEvent,
+            (
+                event_id,
+                format_timestamp(rec.occurred_ns),
+                rec.action,
+                rec.outcome,
+                rec.actor,
+                None if rec.org_id is None else self._org(rec.org_id),
+                rec.target,
+                request,
+                client,
+                None,
+                self.redactor.metadata(rec.metadata) if rec.metadata else _EMPTY,
+                rec.trace,
+                None,
+                SCHEMA_VERSION,
+            ),
         )
 
 
