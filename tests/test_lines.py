@@ -176,6 +176,7 @@ def test_uuid7_works_in_a_child_forked_while_another_thread_held_its_lock() -> N
     import os
     import threading
     import time
+    import warnings
 
     from audit_middleware import _ids
 
@@ -190,7 +191,9 @@ def test_uuid7_works_in_a_child_forked_while_another_thread_held_its_lock() -> N
     holder.start()
     assert held.wait(5)
     try:
-        pid = os.fork()
+        with warnings.catch_warnings():  # Python 3.12+ warns of fork() beside threads: the point
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
         if pid == 0:  # the child: the holder thread does not exist here
             os._exit(0 if len(_ids.uuid7()) == 36 else 1)
         deadline = time.monotonic() + 10
