@@ -95,8 +95,6 @@ class ArchiveExporter:
                 "max_events, max_bytes, max_age, spool_max_bytes and digest_interval "
                 "must be positive"
             )
-        if not 1 <= gzip_level <= 9:
-            raise ValueError(f"gzip_level must be from 1 to 9, got {gzip_level!r}")
         if format not in ("jsonl", "parquet"):
             raise ValueError(f"archive format must be 'jsonl' or 'parquet', got {format!r}")
         if format == "parquet":
@@ -107,6 +105,7 @@ class ArchiveExporter:
         self.gzip_level = gzip_level
         #: "isal" or "zlib": what ``gzip_engine`` ("auto" by default) resolved to.
         self.gzip_engine = resolve_engine(gzip_engine)
+        self._gzip = gzip_encoder(self.gzip_engine, gzip_level)  # checks the level
         self._suffix = ".parquet" if format == "parquet" else ".jsonl.gz"
         if object_lock not in (None, "auto", "COMPLIANCE", "GOVERNANCE"):
             raise ValueError("object_lock must be 'auto', 'COMPLIANCE', 'GOVERNANCE' or None")
@@ -152,11 +151,7 @@ class ArchiveExporter:
                     self._spool_dir,
                     max_bytes=self._spool_max_bytes,
                     writer=self._writer,
-                    encode=(
-                        _encode_parquet
-                        if self.format == "parquet"
-                        else gzip_encoder(self.gzip_engine, self.gzip_level)
-                    ),
+                    encode=(_encode_parquet if self.format == "parquet" else self._gzip),
                 )
                 self._digests.start(self._spool)
                 self._adopted = self._spool.adopt_orphans(self._digests.adopt)
