@@ -14,8 +14,15 @@ from audit_middleware._batch import EventBatch
 from audit_middleware._bruteforce import BruteForceDetector, BruteForcePolicy
 from audit_middleware._builder import EventBuilder, ExplicitRecord
 from audit_middleware._client_ip import ProxyTrust
-from audit_middleware._config import AuditConfig, AuditConfigError, IpPrivacy, OverflowPolicy
+from audit_middleware._config import (
+    AuditConfig,
+    AuditConfigError,
+    Delivery,
+    IpPrivacy,
+    OverflowPolicy,
+)
 from audit_middleware._context import RequestContext, current_context, org_was_set
+from audit_middleware._delivery_process import DeliveryProcess
 from audit_middleware._event import ANONYMOUS, OUTCOMES, Actor, AuditEvent, Outcome, Target
 from audit_middleware._export import DurableExporter, Exporter
 from audit_middleware._jwt import JWTConfig, JWTVerifier
@@ -25,6 +32,7 @@ from audit_middleware._rules import Rule, RuleSet, Source, UnmatchedPolicy, is_v
 from audit_middleware._rules_file import load_rules_file
 from audit_middleware._sanitize import Redactor
 from audit_middleware._warn import logger, warn_limited
+from audit_middleware._wire import Unpacker
 from audit_middleware.integrity._chain import EventChain
 from audit_middleware.resolvers import ActorResolver, OrgResolver, scope_user_actor, scope_user_org
 
@@ -63,6 +71,7 @@ class Auditor:
         batch_size: int | None = None,
         batch_interval: float | None = None,
         loop_build: int | None = None,
+        delivery: Delivery | None = None,
         export_retries: int | None = None,
         shutdown_timeout: float | None = None,
         log_output: str | None = None,
@@ -94,6 +103,7 @@ class Auditor:
             "batch_size": batch_size,
             "batch_interval": batch_interval,
             "loop_build": loop_build,
+            "delivery": delivery,
             "export_retries": export_retries,
             "shutdown_timeout": shutdown_timeout,
             "log_output": log_output,
@@ -154,19 +164,26 @@ class Auditor:
         if not self.exporters:
             logger.warning("audit: no exporters configured; events are built but delivered nowhere")
         self.chain = _event_chain(self.exporters) if config.integrity else None
-        self.pipeline = DeliveryPipeline(
-            self.exporters,
-            self._build_unsealed,
-            queue_size=config.queue_size,
-            overflow=config.overflow,
-            batch_size=config.batch_size,
-            batch_interval=config.batch_interval,
-            loop_build=config.loop_build,
-            export_retries=config.export_retries,
-            shutdown_timeout=config.shutdown_timeout,
-            on_built=_notify_observers,  # no-op unless capture_audit_events() is active
-            seal=None if self.chain is None else self.chain.seal,  # once per batch
-        )
+        #: The delivery process (``AUDIT_LOG_DELIVERY=process``), None with thread delivery.
+        self.delivery_process: DeliveryProcess | None = None
+        if config.delivery == "process":
+            if config.strict:
+                raise AuditConfigError(
+                    "strict mode (AUDIT_LOG_STRICT) writes events to the spool from the "
+                    "request's process: it needs AUDIT_LOG_DELIVERY=thread"
+                )
+            self.delivery_process = DeliveryProcess(
+                self._delivery_pipeline, reply_timeout=max(10.0, config.shutdown_timeout)
+            )
+            self._chain_here = None  # the delivery process seals
+            self.pipeline = self._pipeline((self.delivery_process,), self._build_unsealed, None)
+        else:
+            self._chain_here = self.chain
+            self.pipeline = self._pipeline(
+                self.exporters,
+                self._build_unsealed,
+                None if self.chain is None else self.chain.seal,  # once per batch
+            )
         self.capture_trace = _trace_capture(config, self.exporters)
         self.durable_exporters: tuple[DurableExporter, ...] = tuple(
             e for e in self.exporters if isinstance(e, DurableExporter) and e.durable
@@ -253,9 +270,11 @@ class Auditor:
         self.pipeline.submit(item)
 
     def _build(self, item: object) -> Sequence[AuditEvent]:
-        """Build an item's event, plus any brute-force alert it completes, in the hash chain."""
+        """Build an item's event, plus any brute-force alert it completes, in the hash chain
+        (unless the delivery process seals it)."""
         events = self._build_unsealed(item)
-        return events if self.chain is None else self.chain.seal(events)
+        chain = self._chain_here
+        return events if chain is None else chain.seal(events)
 
     def _build_unsealed(self, item: object) -> Sequence[AuditEvent]:
         """:meth:`_build` before the chain: the pipeline seals whole batches at once."""
@@ -341,6 +360,45 @@ class Auditor:
                 return str(params[name])
         return ctx.resolved_org
 
+    # -- delivery -------------------------------------------------------------------------------
+
+    def _pipeline(
+        self,
+        exporters: Sequence[Exporter],
+        build: Callable[[object], Sequence[AuditEvent]],
+        seal: Callable[[Sequence[AuditEvent], bool], EventBatch] | None,
+        *,
+        loop_build: int | None = None,
+        observe: bool = True,
+    ) -> DeliveryPipeline:
+        config = self.config
+        return DeliveryPipeline(
+            exporters,
+            build,
+            queue_size=config.queue_size,
+            overflow=config.overflow,
+            batch_size=config.batch_size,
+            batch_interval=config.batch_interval,
+            loop_build=config.loop_build if loop_build is None else loop_build,
+            export_retries=config.export_retries,
+            shutdown_timeout=config.shutdown_timeout,
+            # no-op unless capture_audit_events() is active
+            on_built=_notify_observers if observe else None,
+            seal=seal,
+        )
+
+    def _delivery_pipeline(self, unpacker: Unpacker) -> DeliveryPipeline:
+        """The delivery process's pipeline: events arrive built, as plain tuples; it seals
+        them, renders their lines and runs the exporters (called in that process)."""
+        event = unpacker.event
+        return self._pipeline(
+            self.exporters,
+            lambda flat: (event(flat),),
+            None if self.chain is None else self.chain.seal,
+            loop_build=0,
+            observe=False,  # observed where they were built
+        )
+
     # -- control --------------------------------------------------------------------------------
 
     def force_flush(self, timeout: float | None = None) -> bool:
@@ -352,8 +410,12 @@ class Auditor:
         return self.pipeline.shutdown(timeout)
 
     def stats(self) -> PipelineStats:
-        """Delivery counters: queued, processed and every kind of drop, per exporter."""
-        return self.pipeline.stats()
+        """Delivery counters: queued, processed and every kind of drop, per exporter (with
+        process delivery, the delivery process's as of its last reply: current after a flush).
+        """
+        stats = self.pipeline.stats()
+        process = self.delivery_process
+        return stats if process is None else process.combine(stats)
 
 
 def _notify_observers(event: AuditEvent) -> None:

@@ -16,12 +16,14 @@ from typing import Final, Literal, TypeVar, cast
 from audit_middleware._client_ip import ProxyTrust
 from audit_middleware._rules import UNMATCHED_POLICIES, UnmatchedPolicy
 
-__all__ = ["ENV", "AuditConfig", "AuditConfigError", "IpPrivacy", "OverflowPolicy"]
+__all__ = ["ENV", "AuditConfig", "AuditConfigError", "Delivery", "IpPrivacy", "OverflowPolicy"]
 
 OverflowPolicy = Literal["drop_newest", "drop_oldest"]
 IpPrivacy = Literal["full", "truncate", "omit"]
 OVERFLOW_POLICIES: Final[tuple[OverflowPolicy, ...]] = ("drop_newest", "drop_oldest")
 IP_PRIVACY_MODES: Final[tuple[IpPrivacy, ...]] = ("full", "truncate", "omit")
+Delivery = Literal["thread", "process"]
+DELIVERY_MODES: Final[tuple[Delivery, ...]] = ("thread", "process")
 
 #: Every environment variable, with its default as written in the environment.
 ENV: Final[Mapping[str, str]] = {
@@ -41,6 +43,7 @@ ENV: Final[Mapping[str, str]] = {
     "AUDIT_LOG_BATCH_SIZE": "512",
     "AUDIT_LOG_BATCH_INTERVAL": "0.5",
     "AUDIT_LOG_LOOP_BUILD": "64",
+    "AUDIT_LOG_DELIVERY": "thread",
     "AUDIT_LOG_EXPORT_RETRIES": "5",
     "AUDIT_LOG_SHUTDOWN_TIMEOUT": "5",
     "AUDIT_LOG_RULES": "",
@@ -99,6 +102,7 @@ class AuditConfig:
     batch_size: int
     batch_interval: float
     loop_build: int
+    delivery: Delivery
     export_retries: int
     shutdown_timeout: float
     rules_file: str
@@ -160,6 +164,7 @@ class AuditConfig:
             batch_size=r.get("batch_size", "AUDIT_LOG_BATCH_SIZE", _int(1, 100_000)),
             batch_interval=r.get("batch_interval", "AUDIT_LOG_BATCH_INTERVAL", _seconds),
             loop_build=r.get("loop_build", "AUDIT_LOG_LOOP_BUILD", _int(0, 100_000)),
+            delivery=r.get("delivery", "AUDIT_LOG_DELIVERY", _choice(DELIVERY_MODES)),
             export_retries=r.get("export_retries", "AUDIT_LOG_EXPORT_RETRIES", _int(0, 100)),
             shutdown_timeout=r.get("shutdown_timeout", "AUDIT_LOG_SHUTDOWN_TIMEOUT", _seconds),
             rules_file=r.get("rules_file", "AUDIT_LOG_RULES", _text),

@@ -317,6 +317,10 @@ class DeliveryPipeline:
             self._schedule_loop_drain()
         return True
 
+    def queue_length(self) -> int:
+        """Items waiting in the queue (events not yet built, flush and stop requests)."""
+        return len(self._queue)
+
     def _schedule_loop_drain(self) -> None:
         """Have the running event loop, if any, build the next chunk on its next turn."""
         loop = running_loop()

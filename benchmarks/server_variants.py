@@ -17,6 +17,8 @@ Variants (names can be combined with modifiers, e.g. ``audit-nogc``):
 * ``queued``: audit, events are queued and drained, but nothing is built or exported;
 * ``-nogc``: the garbage collector off in the server; ``-sw<ms>``: interpreter switch interval;
 * ``-b<n>``: pipeline batch size; ``-noint``: without the integrity chain;
+* ``-proc``: process delivery (``AUDIT_LOG_DELIVERY=process``); the CPU column then adds the
+  delivery process's CPU to the server's;
 * ``-lb<n>``: requests built per event-loop turn (``loop_build``; ``-lb0``: all in the
   dispatcher thread, as before it was the default).
 
@@ -54,6 +56,7 @@ DEFAULT_VARIANTS = ("bare", "path", "audit", "audit-lb0")
 def serve(variant: str, conn: Connection) -> None:
     """Child process: serve one variant on a free loopback port until terminated."""
     ob.INTEGRITY[0] = "-noint" not in variant
+    ob.DELIVERY[0] = "process" if "-proc" in variant else "thread"
     v = ob.build_variants(os.devnull)
     auditor = v.auditor
     pipeline = auditor.pipeline
@@ -128,9 +131,9 @@ async def measure(variants: Sequence[str], rounds: int) -> dict[str, list[tuple[
                 await ob.wait_ready(port)
                 await ob.load(port, 16, 3000, 1.0)  # warm-up
                 assert process.pid is not None
-                before = ob.process_cpu_s(process.pid)
+                before = ob.process_cpu_s(process.pid, children=True)
                 result = await ob.load(port, 16, 50_000, 3.0)
-                used = ob.process_cpu_s(process.pid) - before
+                used = ob.process_cpu_s(process.pid, children=True) - before
                 results[variant].append((result.rps, used / max(result.ok, 1) * 1e6))
             finally:
                 process.terminate()

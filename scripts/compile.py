@@ -32,6 +32,7 @@ HOT_MODULES = (
     "audit_middleware/_lines.py",
     "audit_middleware/_sanitize.py",
     "audit_middleware/_views.py",
+    "audit_middleware/_wire.py",
     "audit_middleware/integrity/_document.py",
     "audit_middleware/integrity/_seal.py",
 )

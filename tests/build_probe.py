@@ -35,6 +35,7 @@ HOT = (
     "audit_middleware._lines",
     "audit_middleware._sanitize",
     "audit_middleware._views",
+    "audit_middleware._wire",
     "audit_middleware.integrity._document",
     "audit_middleware.integrity._seal",
 )

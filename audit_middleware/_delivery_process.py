@@ -1,0 +1,436 @@
+"""Delivery in a forked process (``AUDIT_LOG_DELIVERY=process``).
+
+The application's process builds each event, as in thread delivery, and hands batches to
+:class:`DeliveryProcess`, an exporter that writes them as ``marshal`` frames (:mod:`._wire`) to
+a process forked for the purpose. That process seals the events into the hash chain, renders
+their lines and runs the real exporters in a pipeline of its own: that work, about two thirds
+of the audit's CPU, no longer shares the application's GIL.
+
+* **Forked lazily**, from the export thread, on the first batch; again after it died, and in
+  each process forked from the application (a pre-forking server's workers get one each).
+* **Acknowledged.** Each frame is answered once the child has queued its events; the reply
+  carries the child's counters. A child that dies or stops answering (``reply_timeout``) is
+  killed; the unanswered batch is sent again to the next child (retries with backoff), so an
+  event can at worst arrive twice, never silently not at all. Events a dead child had queued
+  but not delivered are counted as dropped (an upper bound: its last counters).
+* **Stopped by its parent.** The child ignores SIGINT and SIGTERM and stops once its parent
+  shuts the pipeline down or closes the socket (exits, or is killed): it then flushes and
+  shuts its exporters down within ``shutdown_timeout``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import itertools
+import marshal
+import os
+import signal
+import socket
+import stat
+import struct
+import threading
+import time
+import warnings
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Final
+
+from audit_middleware._event import AuditEvent
+from audit_middleware._export import ExportResult
+from audit_middleware._pipeline import DeliveryPipeline, ExporterStats, PipelineStats
+from audit_middleware._warn import logger, warn_limited
+from audit_middleware._wire import Unpacker, pack_events
+
+__all__ = ["DeliveryProcess"]
+
+_EVENTS: Final = 1
+_FLUSH: Final = 2
+_SHUTDOWN: Final = 3
+_REQUEST: Final = struct.Struct("<BIQ")  # kind, request id, payload length
+_REPLY: Final = struct.Struct("<IQ")  # request id, payload length
+_SECONDS: Final = struct.Struct("<d")  # a flush's or shutdown's timeout
+_STATS_EVERY_S: Final = 0.05  # counters ride on a reply at most this often (they cost O(queue))
+
+#: What the child reports: ok, then its counters (or None when unchanged since recently).
+_Counters = tuple[int, int, int, int, int, tuple[tuple[str, int, int, int, int], ...]]
+
+
+class _ChildGone(Exception):
+    """The delivery process died, or stopped answering and was killed."""
+
+
+class DeliveryProcess:
+    """An exporter that forwards batches to a forked delivery process (see the module doc).
+
+    ``make_pipeline`` is called in the child, once, to build the pipeline that seals, renders
+    and exports there; ``build`` of that pipeline receives the plain tuples of :mod:`._wire`
+    (use :meth:`Unpacker.event`).
+    """
+
+    merges_batches = True  # fewer, larger frames when the child falls behind
+
+    def __init__(
+        self,
+        make_pipeline: Callable[[Unpacker], DeliveryPipeline],
+        *,
+        reply_timeout: float = 10.0,
+    ) -> None:
+        self._make_pipeline = make_pipeline
+        self.reply_timeout = reply_timeout
+        self._lock = threading.Lock()  # counters, read by stats() from any thread
+        self._sock: socket.socket | None = None
+        self._pid = 0
+        self._ids = itertools.count(1)
+        self._accepted = 0  # events the current child confirmed queued
+        self._children = 0
+        self._lost = 0  # events dead children had queued and not delivered (upper bound)
+        self._lost_at_flush = 0
+        self._child: _Counters | None = None  # the current child's last counters
+        self._retired: dict[str, list[int]] = {}  # dead children's lane totals, by name
+        self._retired_top = [0, 0, 0, 0]  # processed, overflow, closed, build errors
+        _live.add(self)
+
+    # -- exporter contract ----------------------------------------------------------------------
+
+    def export(self, batch: Sequence[AuditEvent]) -> ExportResult:
+        """Send ``batch`` to the child; SUCCESS once it confirmed the events queued."""
+        try:
+            self._call(_EVENTS, pack_events(batch), self.reply_timeout)
+        except _ChildGone:
+            return ExportResult.FAILURE
+        with self._lock:
+            self._accepted += len(batch)
+        return ExportResult.SUCCESS
+
+    def force_flush(self, timeout: float | None = None) -> bool:
+        """Have the child deliver everything it was sent; True if its exporters confirmed it."""
+        ok = True
+        if self._sock is not None:
+            wait = self.reply_timeout if timeout is None else max(0.0, timeout)
+            try:
+                ok = self._call(_FLUSH, _SECONDS.pack(_inner(wait)), wait)
+            except _ChildGone:
+                ok = False
+        with self._lock:  # events a child lost since the last flush make this one fail
+            lost, self._lost_at_flush = self._lost - self._lost_at_flush, self._lost
+        return ok and not lost
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Have the child flush, shut its exporters down and exit; wait for it within
+        ``timeout``."""
+        if self._sock is None:
+            return
+        wait = self.reply_timeout if timeout is None else max(0.0, timeout)
+        deadline = time.monotonic() + wait
+        try:
+            self._call(_SHUTDOWN, _SECONDS.pack(_inner(wait)), wait)
+        except _ChildGone:
+            return
+        self._close(deadline)
+
+    # -- counters -------------------------------------------------------------------------------
+
+    @property
+    def pid(self) -> int:
+        """The delivery process's pid (0 when none runs)."""
+        return self._pid if self._sock is not None else 0
+
+    @property
+    def children(self) -> int:
+        """How many delivery processes this one started (more than one: some died)."""
+        return self._children
+
+    def combine(self, parent: PipelineStats) -> PipelineStats:
+        """``parent`` (this process's pipeline, whose one exporter is this object) with the
+        delivery process's counters: its exporters replace this one, whose losses on the way
+        (dropped by its lane, or with a dead child) are added to theirs as ``dropped``."""
+        with self._lock:
+            child = self._child
+            retired = {name: list(totals) for name, totals in self._retired.items()}
+            top = list(self._retired_top)
+            lost = self._lost
+        queued = parent.queued
+        link_dropped = lost
+        for lane in parent.exporters:
+            queued += lane.pending
+            link_dropped += lane.dropped
+        if child is not None:
+            c_queued, processed, overflow, closed, errors, lanes = child
+            queued += c_queued
+            top = [top[0] + processed, top[1] + overflow, top[2] + closed, top[3] + errors]
+            for name, exported, pending, retries, dropped in lanes:
+                totals = retired.setdefault(name, [0, 0, 0, 0])
+                totals[0] += exported
+                totals[2] += retries
+                totals[3] += dropped
+                totals[1] = pending
+        exporters = tuple(
+            ExporterStats(name, exported, pending, retries, dropped)
+            for name, (exported, pending, retries, dropped) in retired.items()
+        )
+        if link_dropped:  # charged to the first exporter: lost before reaching any
+            first = exporters[0] if exporters else ExporterStats("delivery-process", 0, 0, 0, 0)
+            exporters = (
+                ExporterStats(
+                    first.name, first.exported, first.pending, first.retries,
+                    first.dropped + link_dropped,
+                ),
+                *exporters[1:],
+            )  # fmt: skip
+        return PipelineStats(
+            queued=queued,
+            processed=parent.processed,
+            dropped_overflow=parent.dropped_overflow + top[1],
+            dropped_closed=parent.dropped_closed + top[2],
+            build_errors=parent.build_errors + top[3],
+            exporters=exporters,
+        )
+
+    # -- the link -------------------------------------------------------------------------------
+
+    def _call(self, kind: int, payload: bytes, timeout: float) -> bool:
+        """Send one request and wait for its reply; ``_ChildGone`` if the child is lost."""
+        sock = self._sock if self._sock is not None else self._spawn()
+        request = next(self._ids)
+        try:
+            sock.settimeout(timeout)
+            sock.sendall(_REQUEST.pack(kind, request, len(payload)))
+            sock.sendall(payload)
+            while True:
+                head = _read(sock, _REPLY.size)
+                answer, size = _REPLY.unpack(head)
+                body = _read(sock, size)
+                if answer == request:  # an earlier request's late answer is skipped
+                    break
+        except (OSError, EOFError) as exc:
+            self._lose_child(f"{type(exc).__name__}: {exc}")
+            raise _ChildGone from exc
+        ok, counters = marshal.loads(body)  # noqa: S302 - from our own child, over a socket pair
+        if counters is not None:
+            with self._lock:
+                self._child = counters
+        return bool(ok)
+
+    def _spawn(self) -> socket.socket:
+        """Fork a delivery process connected to this one by a socket pair."""
+        mine, theirs = socket.socketpair()
+        try:
+            with warnings.catch_warnings():  # Python 3.12+ warns about fork() beside threads:
+                warnings.simplefilter("ignore", DeprecationWarning)  # the child runs only this
+                pid = os.fork()
+        except OSError:
+            mine.close()
+            theirs.close()
+            raise
+        if pid == 0:  # the child; the at-fork hooks already forgot the parent's links
+            code = 0
+            try:
+                mine.close()
+                _release_inherited(keep=theirs.fileno())
+                _serve(theirs, self._make_pipeline)
+            except BaseException:
+                code = 1
+                with contextlib.suppress(BaseException):
+                    logger.exception("audit delivery process failed")
+            finally:
+                os._exit(code)
+        theirs.close()
+        with self._lock:
+            self._sock, self._pid = mine, pid
+            self._accepted = 0
+            self._child = None
+            self._children += 1
+        logger.debug("audit delivery process started: pid %d", pid)
+        return mine
+
+    def _lose_child(self, why: str) -> None:
+        """The child died or hung: kill it, count what it had not delivered, forget it."""
+        pid = self._pid
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+        with self._lock:
+            undelivered = self._undelivered()
+            self._lost += undelivered
+            self._retire()
+        self._close(time.monotonic() + 1.0)
+        warn_limited(
+            "delivery-process",
+            "audit delivery process %d lost (%s); %d audit events it had queued were not "
+            "delivered (counted as dropped); the next batch starts a new one",
+            pid,
+            why,
+            undelivered,
+        )
+
+    def _undelivered(self) -> int:
+        """Events the current child confirmed and did not report delivered or dropped, for
+        the exporter furthest behind (hold ``_lock``)."""
+        if self._child is None:
+            return self._accepted
+        _, _, overflow, closed, errors, lanes = self._child
+        settled = overflow + closed + errors
+        behind = [self._accepted - settled - done - dropped for _, done, _, _, dropped in lanes]
+        return max([0, *behind])
+
+    def _retire(self) -> None:
+        """Fold the dead child's counters into the totals (hold ``_lock``)."""
+        if self._child is not None:
+            _, processed, overflow, closed, errors, lanes = self._child
+            top = self._retired_top
+            top[0] += processed
+            top[1] += overflow
+            top[2] += closed
+            top[3] += errors
+            for name, exported, _, retries, dropped in lanes:
+                totals = self._retired.setdefault(name, [0, 0, 0, 0])
+                totals[0] += exported
+                totals[2] += retries
+                totals[3] += dropped
+        self._child = None
+        self._accepted = 0
+
+    def _close(self, deadline: float) -> None:
+        """Close the socket and reap the child (waiting until ``deadline`` at most)."""
+        sock, pid = self._sock, self._pid
+        self._sock, self._pid = None, 0
+        if sock is not None:
+            sock.close()
+        while pid:
+            with contextlib.suppress(ChildProcessError):
+                done, _ = os.waitpid(pid, os.WNOHANG)
+                if not done and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                    continue
+            break
+
+    def _after_fork(self) -> None:
+        # A process forked from this one starts its own delivery process when it needs one; the
+        # socket to this one's must not keep it alive.
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.close()
+        self._sock, self._pid = None, 0
+        self._lock = threading.Lock()
+        self._accepted = self._children = self._lost = self._lost_at_flush = 0
+        self._child = None
+        self._retired = {}
+        self._retired_top = [0, 0, 0, 0]
+
+
+def _release_inherited(keep: int) -> None:
+    """Point the sockets and pipes inherited from the parent (but stdio and ``keep``) at
+    ``/dev/null``: a connection or listening socket of the server held open here would outlive
+    its close there (a client waiting for the end of a response, a port still bound), and a
+    pooled connection of an exporter must not be used by both processes. Exporters reconnect.
+    """
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:  # no /proc: nothing is released
+        return
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        for name in names:
+            fd = int(name)
+            if fd <= 2 or fd in (keep, null):
+                continue
+            try:
+                mode = os.fstat(fd).st_mode
+            except OSError:  # the directory listing's own descriptor, closed by now
+                continue
+            if stat.S_ISSOCK(mode) or stat.S_ISFIFO(mode):
+                os.dup2(null, fd, inheritable=False)
+    finally:
+        os.close(null)
+
+
+def _inner(wait: float) -> float:
+    """The child's share of a deadline: a little less, so that its answer arrives in time."""
+    return max(0.0, min(wait - 0.25, wait * 0.9))
+
+
+def _read(sock: socket.socket, size: int) -> bytearray:
+    """Exactly ``size`` bytes; EOFError if the peer closed first."""
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    got = 0
+    while got < size:
+        n = sock.recv_into(view[got:])
+        if n == 0:
+            raise EOFError("the other process closed the socket")
+        got += n
+    return buffer
+
+
+# -- the child ------------------------------------------------------------------------------------
+
+
+def _serve(sock: socket.socket, make_pipeline: Callable[[Unpacker], DeliveryPipeline]) -> None:
+    """The delivery process: answer requests until told to stop or the parent is gone."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)  # the parent decides when this process stops
+    gc.freeze()  # what came with the fork is never collected here: no traversal of it
+    unpacker = Unpacker()
+    pipeline = make_pipeline(unpacker)
+    sock.settimeout(None)
+    last_counters = 0.0
+    while True:
+        try:
+            kind, request, size = _REQUEST.unpack(_read(sock, _REQUEST.size))
+            payload = _read(sock, size)
+        except (OSError, EOFError):  # the parent exited or was killed: deliver what is here
+            pipeline.shutdown()
+            return
+        counters: _Counters | None = None
+        if kind == _EVENTS:
+            flats = unpacker.frame(payload)
+            _wait_for_room(pipeline, len(flats))
+            for flat in flats:
+                pipeline.submit(flat)
+            ok = True
+            now = time.monotonic()
+            if now - last_counters >= _STATS_EVERY_S:
+                counters, last_counters = _counters(pipeline.stats()), now
+        else:
+            (timeout,) = _SECONDS.unpack(payload)
+            ok = pipeline.force_flush(timeout) if kind == _FLUSH else pipeline.shutdown(timeout)
+            counters = _counters(pipeline.stats())
+        body = marshal.dumps((ok, counters))
+        try:
+            sock.sendall(_REPLY.pack(request, len(body)) + body)
+        except OSError:
+            pipeline.shutdown()
+            return
+        if kind == _SHUTDOWN:
+            return
+
+
+def _wait_for_room(pipeline: DeliveryPipeline, n: int) -> None:
+    """Back-pressure: wait until the queue has room for ``n`` more (the dispatcher always
+    drains it; a slow exporter's lane drops and counts instead of blocking it). The parent's
+    export thread waits meanwhile, and its own bounded backlog absorbs the load."""
+    room = max(0, pipeline.queue_size - min(n, pipeline.queue_size))
+    while pipeline.queue_length() > room:
+        time.sleep(0.001)
+
+
+def _counters(stats: PipelineStats) -> _Counters:
+    return (
+        stats.queued,
+        stats.processed,
+        stats.dropped_overflow,
+        stats.dropped_closed,
+        stats.build_errors,
+        tuple((e.name, e.exported, e.pending, e.retries, e.dropped) for e in stats.exporters),
+    )
+
+
+_live: weakref.WeakSet[DeliveryProcess] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for link in list(_live):
+        link._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
