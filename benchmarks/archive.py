@@ -93,6 +93,7 @@ import orjson
 from audit_middleware import AuditEvent, Auditor, ExportResult, Target
 from audit_middleware._build import build_summary
 from audit_middleware.testing import capture_audit_events
+from benchmarks._proc import schedstat_ns
 from exporters._object_store import S3Store
 from exporters.archive import ArchiveExporter
 from exporters.s3_bucket import create_bucket
@@ -113,13 +114,16 @@ RECORD_CHUNK: Final = 5_000
 MB: Final = 1024 * 1024
 
 SPOOL_ON: Final = "spool-on"
+SPOOL_ON_PROC: Final = "spool-on-proc"
 SPOOL_OFF: Final = "spool-off"
 NOOP: Final = "noop"
 EXPORT_ONLY: Final = "export-only"
 BASELINE: Final = "baseline"
-VARIANTS: Final = (SPOOL_ON, SPOOL_OFF, NOOP, EXPORT_ONLY, BASELINE)
+VARIANTS: Final = (SPOOL_ON, SPOOL_ON_PROC, SPOOL_OFF, NOOP, EXPORT_ONLY, BASELINE)
+PIPELINES: Final = (SPOOL_ON, SPOOL_ON_PROC, SPOOL_OFF, NOOP)
 LABELS: Final = {
     SPOOL_ON: "archive, spool ON (disk, fsync)",
+    SPOOL_ON_PROC: "  the same, process delivery",
     SPOOL_OFF: "archive, spool OFF (memory)",
     NOOP: "record() → pipeline, no-op exporter",
     EXPORT_ONLY: "archive export() only, prebuilt",
@@ -133,8 +137,9 @@ ROLES: Final = {
     "audit-export-ArchiveExporter": "export",
     "audit-export-NullExporter": "export",
     "audit-archive-upload": "upload",
+    "delivery process": "child",  # every thread of it: seal, render, export, upload
 }
-ROLE_ORDER: Final = ("record", "build", "export", "upload")
+ROLE_ORDER: Final = ("record", "build", "export", "upload", "child")
 RECORD_SIDE: Final = ("record", "build")
 
 
@@ -252,10 +257,16 @@ class NullExporter:
         """Nothing to release."""
 
 
-def make_auditor(exporter: ArchiveExporter | NullExporter, n: int) -> Auditor:
+def make_auditor(
+    exporter: ArchiveExporter | NullExporter, n: int, delivery: str = "thread"
+) -> Auditor:
     """An Auditor whose queue (and exporter lane) holds ``n`` events, so nothing is dropped."""
     return Auditor(
-        exporters=[exporter], queue_size=n + BATCH_SIZE, batch_size=BATCH_SIZE, environ={}
+        exporters=[exporter],
+        queue_size=n + BATCH_SIZE,
+        batch_size=BATCH_SIZE,
+        delivery="process" if delivery == "process" else "thread",
+        environ={},
     )
 
 
@@ -467,10 +478,12 @@ def run_pipeline(s3: S3Process | None, variant: str, n: int, bucket: str) -> tup
             exporter = NullExporter()
         else:
             assert s3 is not None
-            exporter = make_archive(s3, bucket, tmp if variant == SPOOL_ON else None)
-            if variant == SPOOL_ON:  # its uploader starts now (without a spool: on first export)
+            spool = variant in (SPOOL_ON, SPOOL_ON_PROC)
+            exporter = make_archive(s3, bucket, tmp if spool else None)
+            if spool:  # its uploader starts now (without a spool: on first export)
                 wait_configured(exporter)
-        auditor = make_auditor(exporter, n)
+        process = variant == SPOOL_ON_PROC
+        auditor = make_auditor(exporter, n, "process" if process else "thread")
         gc.collect()
         cpu0, main0 = time.process_time(), time.thread_time()
         start = time.perf_counter()
@@ -478,13 +491,17 @@ def run_pipeline(s3: S3Process | None, variant: str, n: int, bucket: str) -> tup
         recorded = time.perf_counter()
         behind = n - exported(auditor)
         flushed = auditor.force_flush(timeout=FLUSH_TIMEOUT_S)
-        if flushed and isinstance(exporter, ArchiveExporter):  # its lane is idle now
-            archive = exporter
+        # With process delivery the flush returns once the archive there has uploaded it all.
+        if flushed and isinstance(exporter, ArchiveExporter) and not process:
+            archive = exporter  # its lane is idle now
             wait_until(lambda: archive.stats().uploaded_events >= n, 30)
         end = time.perf_counter()
         main = time.thread_time() - main0
         cpu = thread_cpu(new_threads(before))
-        process_cpu = time.process_time() - cpu0
+        child = auditor.delivery_process
+        child_cpu = schedstat_ns(child.pid) / 1e9 if child is not None and child.pid else 0.0
+        cpu["delivery process"] = child_cpu
+        process_cpu = time.process_time() - cpu0 + child_cpu
         stats = auditor.stats()
         auditor.shutdown(timeout=30)
     run = Run(variant, n, end - start, recorded - start, behind, _roles(cpu, main), process_cpu)
@@ -821,7 +838,7 @@ def print_sustained(s: Sustained) -> None:
         runs = s.runs[variant]
         spread = f"{min(r.eps for r in runs):,.0f}-{max(r.eps for r in runs):,.0f}"
         loop = "-"
-        if variant in (SPOOL_ON, SPOOL_OFF, NOOP):
+        if variant in PIPELINES:
             loop = f"{s.median_of(variant, lambda r: r.events / r.record_seconds):,.0f}"
         objects = "-" if variant == NOOP else f"{s.median_of(variant, lambda r: r.objects):,.0f}"
         per_event = "-"
@@ -835,17 +852,18 @@ def print_sustained(s: Sustained) -> None:
     print("CPU per event by thread (median µs; cores = process CPU / wall time)")
     print(
         f"{'variant':<37}{'record()':>9}{'build':>8}{'export':>8}{'upload':>8}"
-        f"{'process':>9}{'cores':>7}{'behind':>9}"
+        f"{'child':>8}{'process':>9}{'cores':>7}{'behind':>9}"
     )
     for variant in VARIANTS:
         cells = [f"{s.median_us(variant, role):.1f}" for role in ROLE_ORDER]
         total = s.median_of(variant, lambda r: r.process_cpu / r.events * 1e6)
         cores = s.median_of(variant, lambda r: r.process_cpu / r.seconds)
         behind = "-"
-        if variant in (SPOOL_ON, SPOOL_OFF, NOOP):
+        if variant in PIPELINES:
             behind = f"{s.median_of(variant, lambda r: r.behind_after_record / r.events):.0%}"
         print(
             f"{LABELS[variant]:<37}{cells[0]:>9}{cells[1]:>8}{cells[2]:>8}{cells[3]:>8}"
+            f"{cells[4]:>8}"
             f"{total:>9.1f}{cores:>7.2f}{behind:>9}"
         )
     print(

@@ -74,6 +74,7 @@ from starlette.types import ASGIApp, Message, Scope
 from audit_middleware import AuditEvent, AuditMiddleware, Auditor, Rule
 from audit_middleware._build import build_summary
 from audit_middleware.testing import capture_audit_events
+from benchmarks._proc import child_pids, process_cpu_s, schedstat_ns
 from exporters import StructlogExporter
 
 __all__ = ["RULES", "main"]
@@ -307,11 +308,21 @@ async def cpu_ns(
     app: ASGIApp, n: int, flush: Callable[[], object] | None, turn: bool = False
 ) -> int:
     """Process CPU time (every thread) of ``n`` requests, plus ``flush()`` when given."""
-    start = time.process_time_ns()
+    start = cpu_now_ns()
     await _requests(app, n, turn)
     if flush is not None:
         flush()
-    return time.process_time_ns() - start
+    return cpu_now_ns() - start
+
+
+def cpu_now_ns() -> int:
+    """This process's CPU time (every thread), plus its delivery process's with process
+    delivery (its threads' run time from ``/proc``, in ns)."""
+    used = time.process_time_ns()
+    if DELIVERY[0] == "process":
+        for child in child_pids(os.getpid()):
+            used += schedstat_ns(child)
+    return used
 
 
 def rotations(names: Sequence[_T], rounds: int) -> Iterator[tuple[int, list[_T]]]:
@@ -447,9 +458,10 @@ class _Server(uvicorn.Server):
         self.should_exit = True
 
 
-def serve(variant: str, conn: Connection, integrity: bool = True) -> None:
+def serve(variant: str, conn: Connection, integrity: bool = True, delivery: str = "thread") -> None:
     """Child process: serve one variant on a free loopback port until SIGTERM, then report."""
     INTEGRITY[0] = integrity
+    DELIVERY[0] = delivery
     v = build_variants(os.devnull)
     # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY on accepted sockets only when the
     # listener says TCP; with proto 0, Nagle + delayed ACK cap keep-alive at ~25 req/s/conn.
@@ -492,7 +504,10 @@ def start_server(variant: str) -> ServerProcess:
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
     process = ctx.Process(
-        target=serve, args=(variant, child, INTEGRITY[0]), name=f"bench-{variant}", daemon=True
+        target=serve,
+        args=(variant, child, INTEGRITY[0], DELIVERY[0]),
+        name=f"bench-{variant}",
+        daemon=True,
     )
     process.start()
     child.close()
@@ -634,9 +649,9 @@ async def measure_http(
                 server = servers[name]
                 pid = server.process.pid
                 assert pid is not None  # started
-                before = process_cpu_s(pid)
+                before = process_cpu_s(pid, children=True)
                 result = await load(server.port, concurrency, max_requests, max_seconds)
-                used = process_cpu_s(pid) - before
+                used = process_cpu_s(pid, children=True) - before
                 if result.ok:
                     server_cpu[name].append(used / result.ok * 1e6)
                 server.served += result.ok
@@ -660,29 +675,6 @@ async def measure_http(
         report,
         servers["audit"].served,
     )
-
-
-def process_cpu_s(pid: int, children: bool = False) -> float:
-    """CPU seconds (user + system, every thread) a live process has used, from /proc; with
-    ``children``, plus its live child processes' (the audit's delivery process)."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    used = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    if children:
-        for child in child_pids(pid):
-            with contextlib.suppress(OSError):
-                used += process_cpu_s(child)
-    return used
-
-
-def child_pids(pid: int) -> list[int]:
-    """The live child processes of ``pid`` (forked by any of its threads)."""
-    found: list[int] = []
-    with contextlib.suppress(OSError):
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/children") as f:
-                found.extend(int(p) for p in f.read().split())
-    return found
 
 
 # -- reporting ------------------------------------------------------------------------------------
@@ -865,8 +857,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="audit without the hash chain (AUDIT_LOG_INTEGRITY=false)",
     )
+    parser.add_argument(
+        "--delivery",
+        choices=("thread", "process"),
+        default="thread",
+        help="the audit's delivery (AUDIT_LOG_DELIVERY); with process, the CPU figures add "
+        "the delivery process's",
+    )
     args = parser.parse_args(argv)
     INTEGRITY[0] = not args.no_integrity
+    DELIVERY[0] = args.delivery
     plan = QUICK if args.quick else FULL
 
     ctx = machine()
@@ -876,7 +876,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(
         f"mode: {'quick' if args.quick else 'full'}; variants interleaved round-robin; "
-        f"integrity chain {'on' if INTEGRITY[0] else 'off'}\nbuild: {build_summary()}\n"
+        f"integrity chain {'on' if INTEGRITY[0] else 'off'}; {DELIVERY[0]} delivery\n"
+        f"build: {build_summary()}\n"
     )
 
     started = time.monotonic()

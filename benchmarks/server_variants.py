@@ -49,6 +49,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from audit_middleware._build import build_summary
 from benchmarks import overhead as ob
+from benchmarks._proc import process_cpu_s
 
 DEFAULT_VARIANTS = ("bare", "path", "audit", "audit-lb0")
 
@@ -131,9 +132,9 @@ async def measure(variants: Sequence[str], rounds: int) -> dict[str, list[tuple[
                 await ob.wait_ready(port)
                 await ob.load(port, 16, 3000, 1.0)  # warm-up
                 assert process.pid is not None
-                before = ob.process_cpu_s(process.pid, children=True)
+                before = process_cpu_s(process.pid, children=True)
                 result = await ob.load(port, 16, 50_000, 3.0)
-                used = ob.process_cpu_s(process.pid, children=True) - before
+                used = process_cpu_s(process.pid, children=True) - before
                 results[variant].append((result.rps, used / max(result.ok, 1) * 1e6))
             finally:
                 process.terminate()
