@@ -3,16 +3,18 @@
 The application's process builds each event, as in thread delivery, and hands batches to
 :class:`DeliveryProcess`, an exporter that writes them as ``marshal`` frames (:mod:`._wire`) to
 a process forked for the purpose. That process seals the events into the hash chain, renders
-their lines and runs the real exporters in a pipeline of its own: that work, about two thirds
-of the audit's CPU, no longer shares the application's GIL.
+their lines and runs the real exporters in a pipeline of its own: that work no longer shares
+the application's GIL (``docs/performance.md`` measures what moves).
 
 * **Forked lazily**, from the export thread, on the first batch; again after it died, and in
   each process forked from the application (a pre-forking server's workers get one each).
-* **Acknowledged.** Each frame is answered once the child has queued its events; the reply
-  carries the child's counters. A child that dies or stops answering (``reply_timeout``) is
-  killed; the unanswered batch is sent again to the next child (retries with backoff), so an
-  event can at worst arrive twice, never silently not at all. Events a dead child had queued
-  but not delivered are counted as dropped (an upper bound: its last counters).
+* **Acknowledged.** Each frame is answered once the child has sealed its events and handed
+  them to its exporters' lanes (each with its own bounded backlog, as in thread delivery);
+  the reply carries the child's counters. A child that dies or stops answering
+  (``reply_timeout``) is killed; the unanswered batch is sent again to the next child (retries
+  with backoff), so an event can at worst arrive twice, never silently not at all. Events a
+  dead child had accepted but not delivered are counted as dropped (an upper bound: its last
+  counters).
 * **Stopped by its parent.** The child ignores SIGINT and SIGTERM and stops once its parent
   shuts the pipeline down or closes the socket (exits, or is killed): it then flushes and
   shuts its exporters down within ``shutdown_timeout``.
@@ -383,10 +385,10 @@ def _serve(sock: socket.socket, make_pipeline: Callable[[Unpacker], DeliveryPipe
             return
         counters: _Counters | None = None
         if kind == _EVENTS:
-            flats = unpacker.frame(payload)
-            _wait_for_room(pipeline, len(flats))
-            for flat in flats:
-                pipeline.submit(flat)
+            # Built, sealed and handed to the exporters' lanes before the answer: the parent
+            # waits meanwhile (its own bounded backlog absorbs the load), so nothing piles up
+            # here unseen.
+            pipeline.deliver_now(unpacker.frame(payload))
             ok = True
             now = time.monotonic()
             if now - last_counters >= _STATS_EVERY_S:
@@ -403,15 +405,6 @@ def _serve(sock: socket.socket, make_pipeline: Callable[[Unpacker], DeliveryPipe
             return
         if kind == _SHUTDOWN:
             return
-
-
-def _wait_for_room(pipeline: DeliveryPipeline, n: int) -> None:
-    """Back-pressure: wait until the queue has room for ``n`` more (the dispatcher always
-    drains it; a slow exporter's lane drops and counts instead of blocking it). The parent's
-    export thread waits meanwhile, and its own bounded backlog absorbs the load."""
-    room = max(0, pipeline.queue_size - min(n, pipeline.queue_size))
-    while pipeline.queue_length() > room:
-        time.sleep(0.001)
 
 
 def _counters(stats: PipelineStats) -> _Counters:

@@ -317,9 +317,20 @@ class DeliveryPipeline:
             self._schedule_loop_drain()
         return True
 
-    def queue_length(self) -> int:
-        """Items waiting in the queue (events not yet built, flush and stop requests)."""
-        return len(self._queue)
+    def deliver_now(self, items: Sequence[object]) -> None:
+        """Build ``items`` on the calling thread and hand them to the lanes, behind anything
+        queued before: for a caller that is itself a background thread (the delivery process's
+        reader), which then waits for the work rather than queueing it."""
+        if not self._started:
+            self._start()
+        if self._closed:
+            for item in items:
+                self._reject(item)
+            return
+        self._queue.extend(items)
+        with self._drain_lock:
+            if self._drain(None):  # a stop marker went through: the dispatcher is done
+                self._wake.set()
 
     def _schedule_loop_drain(self) -> None:
         """Have the running event loop, if any, build the next chunk on its next turn."""

@@ -17,7 +17,10 @@ carry the retention headers and checksums they carry in production. Measured in 
 1. **Sustained events/s**, from the first ``record()`` until ``auditor.force_flush()`` returned
    True and the exporter's ``stats().uploaded_events`` equals the number recorded, for
    gzip JSON Lines with the spool ON (a temporary directory on disk, fsynced per append) and OFF
-   (memory). Two diagnostic variants run in the same rounds: ``record() → pipeline`` with a
+   (memory), and with the spool ON under process delivery (``AUDIT_LOG_DELIVERY=process``: the
+   chain, rendering and archive run in a forked process, whose CPU is read from ``/proc``; its
+   flush returns once that process's archive has uploaded everything). Two diagnostic variants
+   run in the same rounds: ``record() → pipeline`` with a
    no-op exporter (the capacity of the request path and delivery pipeline alone) and the
    archive's ``export()`` fed prebuilt events in batches of 2000 (the capacity of the archive
    alone: serialization, spool, gzip, upload). The CPU time of every thread (record loop,
@@ -136,6 +139,7 @@ ROLES: Final = {
     "audit-dispatcher": "build",
     "audit-export-ArchiveExporter": "export",
     "audit-export-NullExporter": "export",
+    "audit-export-DeliveryProcess": "export",  # the link to the delivery process
     "audit-archive-upload": "upload",
     "delivery process": "child",  # every thread of it: seal, render, export, upload
 }
@@ -869,7 +873,9 @@ def print_sustained(s: Sustained) -> None:
     print(
         "  record() = the recording thread; build = dispatcher (event build); export = exporter "
         "lane\n  (JSON, spool append + fsync, seal + gzip); upload = archive uploader (S3 PUT); "
-        "behind =\n  share of the events not yet exported when the record() loop ended"
+        "behind =\n  share of the events not yet exported when the record() loop ended; child = "
+        "the delivery\n  process (process delivery: seal, render, export, upload; export is "
+        "then the link to it)"
     )
     unflushed = sum(not r.flushed for runs in s.runs.values() for r in runs)
     if unflushed:
