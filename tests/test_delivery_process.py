@@ -15,11 +15,13 @@ import textwrap
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import orjson
 import pytest
+from flask import Flask
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
@@ -31,6 +33,7 @@ from audit_middleware import (
     AuditEvent,
     AuditMiddleware,
     Auditor,
+    AuditWSGIMiddleware,
     ExportResult,
     Target,
     _warn,
@@ -39,7 +42,7 @@ from audit_middleware._lines import event_line
 from audit_middleware._wire import Unpacker, pack_events
 from audit_middleware.integrity import verify_events
 from exporters.log import StructlogExporter
-from tests.conftest import MemoryAuditor, serve
+from tests.conftest import MemoryAuditor, serve, serve_wsgi
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -215,6 +218,39 @@ def test_under_uvicorn_a_forked_process_seals_and_exports_every_event(
         ("StructlogExporter", n),
         ("FileExporter", n),
     ]
+
+
+def test_under_a_threaded_wsgi_server_every_request_is_delivered_once(
+    auditors: Callable[..., Auditor], tmp_path: Path
+) -> None:
+    flask_app = Flask(__name__)
+
+    @flask_app.post("/orgs/<org_id>/docs")
+    def create(org_id: str) -> tuple[str, int]:
+        return "made", 201
+
+    marks = FileExporter(tmp_path / "pids.jsonl")
+    auditor = auditors(exporters=[marks], batch_size=16)
+    flask_app.wsgi_app = AuditWSGIMiddleware(  # type: ignore[method-assign]
+        flask_app.wsgi_app, auditor=auditor
+    )
+    n = 120
+
+    def post(i: int) -> int:
+        with httpx.Client(base_url=url) as client:
+            return client.post(f"/orgs/org_{i % 3}/docs").status_code
+
+    with serve_wsgi(flask_app, threads=8) as url:
+        with ThreadPoolExecutor(8) as pool:
+            assert set(pool.map(post, range(n))) == {201}
+        assert auditor.force_flush(timeout=10)
+    rows = marks.rows()
+    process = auditor.delivery_process
+    assert process is not None
+    assert len({row["id"] for row in rows}) == len(rows) == n
+    assert {row["pid"] for row in rows} == {process.pid}
+    seqs = sorted(int(str(row["seq"])) for row in rows)
+    assert seqs == list(range(1, n + 1))  # one unbroken chain
 
 
 def test_a_killed_delivery_process_is_replaced_and_its_losses_counted(
