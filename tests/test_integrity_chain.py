@@ -524,3 +524,26 @@ def test_a_forked_worker_writes_its_own_stream(tmp_path: Path) -> None:
     report = verify_archive(str(root), public_keys={key.fingerprint: key.public}, open_grace=0)
     assert report.ok, [str(f) for f in report.findings]
     assert report.streams == 2
+
+
+def test_with_process_delivery_each_run_is_a_stream_of_its_own(tmp_path: Path) -> None:
+    """The delivery process seals and archives. It does not continue the stream a previous run
+    left (its parent adopted that run's spool before forking it): each run is a stream of its
+    own, each gapless, with its digests, and the archive verifies."""
+    key = generate_signing_key()
+    for run in range(3):
+        auditor = Auditor(
+            exporters=[_archive(tmp_path, signing_key=key)],
+            environ={},
+            batch_interval=0.01,
+            delivery="process",
+        )
+        _record(auditor, 40, start=40 * run)
+        assert auditor.shutdown(timeout=10)
+    root = tmp_path / "archive"
+    seqs = _check_chains(root)
+    assert sorted(seqs.values()) == [list(range(1, 41))] * 3
+    assert set(_check_digests(root, key)) == set(seqs)
+    report = verify_archive(str(root), public_keys={key.fingerprint: key.public}, open_grace=0)
+    assert report.ok, report.findings
+    assert (report.events, report.streams) == (120, 3)
