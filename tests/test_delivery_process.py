@@ -38,6 +38,7 @@ from audit_middleware import (
     Target,
     _warn,
 )
+from audit_middleware._delivery_process import DeliveryProcess
 from audit_middleware._lines import event_line
 from audit_middleware._wire import Unpacker, pack_events
 from audit_middleware.integrity import verify_events
@@ -100,6 +101,20 @@ def auditors() -> Iterator[Callable[..., Auditor]]:
 def _record(auditor: Auditor, first: int, n: int) -> None:
     for i in range(first, first + n):
         auditor.record("doc.updated", target=Target("doc", str(i)), metadata={"i": i})
+
+
+def _started(
+    auditors: Callable[..., Auditor], tmp_path: Path, **options: object
+) -> tuple[Auditor, DeliveryProcess, FileExporter]:
+    """An auditor whose delivery process runs and delivered events 0-4 to a FileExporter."""
+    marks = FileExporter(tmp_path / "pids.jsonl")
+    auditor = auditors(exporters=[marks], **options)
+    _record(auditor, 0, 5)
+    assert auditor.force_flush(timeout=5)
+    process = auditor.delivery_process
+    assert process is not None
+    assert process.pid != 0
+    return auditor, process, marks
 
 
 def _alive(pid: int) -> bool:
@@ -288,12 +303,9 @@ def test_a_killed_delivery_process_is_replaced_and_its_losses_counted(
 def test_a_stopped_delivery_process_is_killed_after_the_reply_timeout(
     auditors: Callable[..., Auditor], tmp_path: Path
 ) -> None:
-    marks = FileExporter(tmp_path / "pids.jsonl")
-    auditor = auditors(exporters=[marks], batch_size=10)
-    process = auditor.delivery_process
-    assert process is not None
+    auditor, process, marks = _started(auditors, tmp_path, batch_size=10)
     process.reply_timeout = 0.5
-    _record(auditor, 0, 10)
+    _record(auditor, 5, 5)
     assert auditor.force_flush(timeout=5)
     first = process.pid
     os.kill(first, signal.SIGSTOP)  # alive but silent
@@ -327,12 +339,7 @@ def test_a_hung_exporter_in_the_delivery_process_never_blocks_the_app(
 def test_sigterm_and_sigint_do_not_stop_the_delivery_process(
     auditors: Callable[..., Auditor], tmp_path: Path
 ) -> None:
-    marks = FileExporter(tmp_path / "pids.jsonl")
-    auditor = auditors(exporters=[marks])
-    _record(auditor, 0, 5)
-    assert auditor.force_flush(timeout=5)
-    process = auditor.delivery_process
-    assert process is not None
+    auditor, process, marks = _started(auditors, tmp_path)
     pid = process.pid
     os.kill(pid, signal.SIGTERM)
     os.kill(pid, signal.SIGINT)
@@ -346,12 +353,7 @@ def test_sigterm_and_sigint_do_not_stop_the_delivery_process(
 def test_a_forked_app_process_gets_its_own_delivery_process(
     auditors: Callable[..., Auditor], tmp_path: Path
 ) -> None:
-    marks = FileExporter(tmp_path / "pids.jsonl")
-    auditor = auditors(exporters=[marks])
-    _record(auditor, 0, 5)
-    assert auditor.force_flush(timeout=5)
-    process = auditor.delivery_process
-    assert process is not None
+    auditor, process, marks = _started(auditors, tmp_path)
     parents_child = process.pid
     read, write = os.pipe()
     with warnings.catch_warnings():  # Python 3.12+ warns of fork() beside threads
@@ -441,12 +443,7 @@ def test_the_delivery_process_holds_none_of_the_apps_connections(
     """A server's connection (or listening socket) open when the delivery process is forked
     must close when the server closes it: the client sees the end of the response."""
     server_side, client_side = socket.socketpair()
-    auditor = auditors(exporters=[FileExporter(tmp_path / "pids.jsonl")])
-    _record(auditor, 0, 5)
-    assert auditor.force_flush(timeout=5)
-    process = auditor.delivery_process
-    assert process is not None
-    assert process.pid != 0
+    _started(auditors, tmp_path)
     server_side.close()
     client_side.settimeout(5)
     try:
