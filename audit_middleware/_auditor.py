@@ -173,7 +173,9 @@ class Auditor:
                     "request's process: it needs AUDIT_LOG_DELIVERY=thread"
                 )
             self.delivery_process = DeliveryProcess(
-                self._delivery_pipeline, reply_timeout=max(10.0, config.shutdown_timeout)
+                self._delivery_pipeline,
+                reply_timeout=max(10.0, config.shutdown_timeout),
+                before_fork=self._hand_over,
             )
             self._chain_here = None  # the delivery process seals
             self.pipeline = self._pipeline((self.delivery_process,), self._build_unsealed, None)
@@ -386,6 +388,19 @@ class Auditor:
             on_built=_notify_observers if observe else None,
             seal=seal,
         )
+
+    def _hand_over(self) -> None:
+        """Before the delivery process is forked: exporters that keep per-process state on
+        disk (the archive's spool) hand it over, so that the delivery process adopts it and
+        continues the hash chain's stream where the last run left it."""
+        for exporter in self.exporters:
+            hand_over = getattr(exporter, "hand_over", None)
+            if callable(hand_over) and not hand_over():
+                logger.warning(
+                    "audit: %s did not hand its state over to the delivery process in time; "
+                    "the delivery process starts a stream of its own",
+                    type(exporter).__name__,
+                )
 
     def _delivery_pipeline(self, unpacker: Unpacker) -> DeliveryPipeline:
         """The delivery process's pipeline: events arrive built, as plain tuples; it seals

@@ -67,7 +67,7 @@ class DeliveryProcess:
 
     ``make_pipeline`` is called in the child, once, to build the pipeline that seals, renders
     and exports there; ``build`` of that pipeline receives the plain tuples of :mod:`._wire`
-    (use :meth:`Unpacker.event`).
+    (use :meth:`Unpacker.event`). ``before_fork`` runs in this process before each fork.
     """
 
     merges_batches = True  # fewer, larger frames when the child falls behind
@@ -77,8 +77,10 @@ class DeliveryProcess:
         make_pipeline: Callable[[Unpacker], DeliveryPipeline],
         *,
         reply_timeout: float = 10.0,
+        before_fork: Callable[[], None] | None = None,
     ) -> None:
         self._make_pipeline = make_pipeline
+        self._before_fork = before_fork
         self.reply_timeout = reply_timeout
         self._lock = threading.Lock()  # counters, read by stats() from any thread
         self._sock: socket.socket | None = None
@@ -216,6 +218,8 @@ class DeliveryProcess:
 
     def _spawn(self) -> socket.socket:
         """Fork a delivery process connected to this one by a socket pair."""
+        if self._before_fork is not None:
+            self._before_fork()
         mine, theirs = socket.socketpair()
         try:
             with warnings.catch_warnings():  # Python 3.12+ warns about fork() beside threads:

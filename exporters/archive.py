@@ -127,6 +127,7 @@ class ArchiveExporter:
         self._wake = threading.Event()
         self._idle = threading.Condition(self._lock)
         self._stopping = False
+        self._handing_over = False
         self._spooled = self._uploaded = self._uploaded_events = 0
         self._retries = self._refused = self._adopted = 0
         self._seq = itertools.count(1)
@@ -167,6 +168,29 @@ class ArchiveExporter:
                 self._thread.start()
         assert self._spool is not None
         return self._spool
+
+    def hand_over(self, timeout: float = 30.0) -> bool:
+        """Stop using the spool in this process, without flushing: the uploader stops after the
+        upload in progress and the writer directory's lock is released, so that a process
+        forked from this one (process delivery's, which alone writes from then on) adopts the
+        directory as a stopped writer's: its sealed objects, chain head and digest state. True
+        once handed over (or if nothing had started); False if the uploader did not stop within
+        ``timeout``, in which case this process keeps the spool and goes on uploading."""
+        spool, thread = self._spool, self._thread
+        if spool is None or self._pid != os.getpid():
+            return True
+        self._handing_over = True
+        self._wake.set()
+        if thread is not None:
+            thread.join(timeout)
+            if thread.is_alive():
+                self._handing_over = False
+                return False
+        with self._lock:
+            spool.close()
+            self._spool, self._thread, self._pid = None, None, -1
+            self._handing_over = False
+        return True
 
     # -- integrity -----------------------------------------------------------------------------
 
@@ -266,6 +290,8 @@ class ArchiveExporter:
         self._configure_lock()
         attempt = 0
         while True:
+            if self._handing_over:  # another process takes this spool over (hand_over)
+                return
             self._seal_old(spool)
             self._digests.maybe_write(spool)
             sealed = spool.next_sealed()

@@ -138,6 +138,39 @@ def test_s3_outage_loses_nothing(
     assert archive.stats().retries >= 1
 
 
+def test_process_delivery_archives_to_s3_through_an_outage(
+    make_auditor: Callable[..., MemoryAuditor], s3: S3Endpoint, tmp_path: Path
+) -> None:
+    """The archive runs in the delivery process, with the S3 client your process made (its
+    pooled connection, used at start-up, is not shared: the delivery process reconnects)."""
+    archive = ArchiveExporter(
+        f"s3://{BUCKET}/audit", s3_client=s3.client(), spool_dir=tmp_path / "spool", max_age=0.2
+    )
+    auditor = make_auditor(exporters=[archive], delivery="process")
+    _record(auditor, 20)
+    assert auditor.force_flush(timeout=10)
+    process = auditor.delivery_process
+    assert process is not None
+    assert process.pid not in (0, os.getpid())
+    assert archive.stats().uploaded_events == 0  # not here: in the delivery process
+    s3.stop()
+    try:
+        _record(auditor, 30)
+        assert auditor.force_flush(timeout=1) is False
+    finally:
+        s3.start()
+    assert auditor.force_flush(timeout=30)
+    objects = _objects(s3)
+    ids = [row["id"] for rows in objects.values() for row in rows]
+    assert len(ids) == len(set(ids)) == 50
+    key = next(iter(objects))
+    head = s3.client().head_object(Bucket=BUCKET, Key=key, ChecksumMode="ENABLED")
+    assert head["ObjectLockMode"] == "COMPLIANCE"
+    stats = auditor.stats()
+    assert stats.dropped == 0
+    assert [(e.name, e.exported) for e in stats.exporters] == [("ArchiveExporter", 50)]
+
+
 def test_spool_cap_refuses_and_counts(
     make_auditor: Callable[..., MemoryAuditor], tmp_path: Path
 ) -> None:
