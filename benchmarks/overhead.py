@@ -76,6 +76,7 @@ from audit_middleware._build import build_summary
 from audit_middleware.testing import capture_audit_events
 from benchmarks._proc import child_pids, process_cpu_s, schedstat_ns
 from exporters import StructlogExporter
+from exporters.archive import ArchiveExporter
 
 __all__ = ["RULES", "main"]
 
@@ -89,6 +90,9 @@ TARGET_CPU_US: Final = 15.0
 INTEGRITY: list[bool] = [True]
 #: The audit variant's delivery (``AUDIT_LOG_DELIVERY``): "thread" or "process".
 DELIVERY: list[str] = ["thread"]
+#: A directory for an archive exporter (with a spool) beside the log exporter, when given
+#: (``server_variants``' ``-arch`` variants; not part of this benchmark's own setup).
+ARCHIVE_DIR: list[str] = []
 TARGET_HTTP_RATIO: Final = 0.8
 
 #: Twenty rules of a typical B2B SaaS API; ``POST /hello`` is the one every request matches.
@@ -261,7 +265,7 @@ def build_variants(audit_output: str | IO[bytes]) -> Variants:
     audit = AuditMiddleware(
         bare_app(),
         rules=RULES,
-        exporters=[StructlogExporter(output=audit_output)],
+        exporters=[StructlogExporter(output=audit_output), *_archive()],
         queue_size=QUEUE_SIZE,
         # This process imports OpenTelemetry only for the "otel" variant; the audit variant has
         # no tracer, so trace-id capture (about 0.7 us when on) stays off as in an app without it.
@@ -275,6 +279,13 @@ def build_variants(audit_output: str | IO[bytes]) -> Variants:
     otel = OpenTelemetryMiddleware(bare_app(), tracer_provider=provider)
     apps: dict[str, ASGIApp] = {"bare": bare_app(), "audit": audit, "otel": otel}
     return Variants(apps, audit.auditor, provider)
+
+
+def _archive() -> list[ArchiveExporter]:
+    if not ARCHIVE_DIR:
+        return []
+    root = ARCHIVE_DIR[0]
+    return [ArchiveExporter(f"{root}/archive", spool_dir=f"{root}/spool")]
 
 
 # -- in-process measurements (A, B) ---------------------------------------------------------------

@@ -17,6 +17,7 @@ Variants (names can be combined with modifiers, e.g. ``audit-nogc``):
 * ``queued``: audit, events are queued and drained, but nothing is built or exported;
 * ``-nogc``: the garbage collector off in the server; ``-sw<ms>``: interpreter switch interval;
 * ``-b<n>``: pipeline batch size; ``-noint``: without the integrity chain;
+* ``-arch``: an archive exporter (local directory, disk spool) beside the log exporter;
 * ``-proc``: process delivery (``AUDIT_LOG_DELIVERY=process``); the CPU column then adds the
   delivery process's CPU to the server's;
 * ``-lb<n>``: requests built per event-loop turn (``loop_build``; ``-lb0``: all in the
@@ -37,9 +38,11 @@ import gc
 import multiprocessing
 import os
 import re
+import shutil
 import socket
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
@@ -58,6 +61,8 @@ def serve(variant: str, conn: Connection) -> None:
     """Child process: serve one variant on a free loopback port until terminated."""
     ob.INTEGRITY[0] = "-noint" not in variant
     ob.DELIVERY[0] = "process" if "-proc" in variant else "thread"
+    if "-arch" in variant:
+        ob.ARCHIVE_DIR[:] = [tempfile.mkdtemp(prefix="audit-bench-archive-")]
     v = ob.build_variants(os.devnull)
     auditor = v.auditor
     pipeline = auditor.pipeline
@@ -82,6 +87,9 @@ def serve(variant: str, conn: Connection) -> None:
         app = PassThrough(app, context="-ctx" in variant)
     config = uvicorn.Config(app, host="127.0.0.1", log_level="warning", access_log=False)
     ob._Server(config).run(sockets=[sock])
+    if ob.ARCHIVE_DIR:
+        auditor.shutdown(timeout=10)
+        shutil.rmtree(ob.ARCHIVE_DIR[0], ignore_errors=True)
 
 
 class PassThrough:
