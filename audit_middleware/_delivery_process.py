@@ -325,29 +325,60 @@ class DeliveryProcess:
 
 
 def _release_inherited(keep: int) -> None:
-    """Point the sockets and pipes inherited from the parent (but stdio and ``keep``) at
-    ``/dev/null``: a connection or listening socket of the server held open here would outlive
-    its close there (a client waiting for the end of a response, a port still bound), and a
-    pooled connection of an exporter must not be used by both processes. Exporters reconnect.
+    """Point the server's sockets inherited from the parent (listening ones, and connections
+    accepted on them) at ``/dev/null``: held open here, a connection would outlive its close
+    there (a client waiting for the end of a response) and a port would stay bound. Every other
+    descriptor stays as it is: the exporters' files, pipes and sockets are theirs to use here.
     """
     try:
         names = os.listdir("/proc/self/fd")
     except OSError:  # no /proc: nothing is released
         return
+    listening: set[object] = set()
+    connections: list[tuple[int, object]] = []
+    for name in names:
+        fd = int(name)
+        if fd == keep:
+            continue
+        try:
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                continue
+            sock = socket.socket(fileno=fd)
+        except OSError:  # the directory listing's own descriptor, closed by now
+            continue
+        try:
+            if sock.type != socket.SOCK_STREAM:
+                continue
+            where = _local_address(sock)
+            if where is None:
+                continue
+            if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                listening.add(where)
+            connections.append((fd, where))
+        except OSError:
+            continue
+        finally:
+            sock.detach()
+    server = [fd for fd, where in connections if where in listening]
+    if not server:
+        return
     null = os.open(os.devnull, os.O_RDWR)
     try:
-        for name in names:
-            fd = int(name)
-            if fd <= 2 or fd in (keep, null):
-                continue
-            try:
-                mode = os.fstat(fd).st_mode
-            except OSError:  # the directory listing's own descriptor, closed by now
-                continue
-            if stat.S_ISSOCK(mode) or stat.S_ISFIFO(mode):
-                os.dup2(null, fd, inheritable=False)
+        for fd in server:
+            os.dup2(null, fd, inheritable=False)
     finally:
         os.close(null)
+
+
+def _local_address(sock: socket.socket) -> object:
+    """What a listening socket and the connections accepted on it share: the local port (TCP)
+    or path (Unix); None for an unbound socket (a socket pair, a client's Unix socket)."""
+    local = sock.getsockname()
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        return ("inet", local[1])
+    if sock.family == socket.AF_UNIX and local:
+        return ("unix", local)
+    return None
 
 
 def _inner(wait: float) -> float:

@@ -7,6 +7,7 @@ import asyncio
 import datetime
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -437,19 +438,60 @@ def test_when_the_app_process_ends_the_delivery_process_delivers_and_exits(
     assert metas == list(range(100))
 
 
-def test_the_delivery_process_holds_none_of_the_apps_connections(
+def test_the_delivery_process_holds_none_of_the_servers_sockets(
     auditors: Callable[..., Auditor], tmp_path: Path
 ) -> None:
-    """A server's connection (or listening socket) open when the delivery process is forked
-    must close when the server closes it: the client sees the end of the response."""
-    server_side, client_side = socket.socketpair()
+    """A server's listening socket and accepted connection, open when the delivery process is
+    forked, close when the server closes them: the client sees the end of the response, and
+    the port can be bound again."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = listener.accept()
     _started(auditors, tmp_path)
-    server_side.close()
-    client_side.settimeout(5)
+    accepted.close()
+    listener.close()
+    client.settimeout(5)
     try:
-        assert client_side.recv(1) == b""  # EOF at once, not when the delivery process exits
+        assert client.recv(1) == b""  # EOF at once, not when the delivery process exits
     finally:
-        client_side.close()
+        client.close()
+    with socket.socket() as again:
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        again.bind(("127.0.0.1", port))  # EADDRINUSE if the delivery process held it
+        again.listen()
+
+
+def test_an_exporters_pipe_opened_before_the_fork_keeps_working(
+    auditors: Callable[..., Auditor],
+) -> None:
+    """What the exporters opened stays theirs in the delivery process: here a pipe, as a
+    container's log collector would read."""
+    read, write = os.pipe()
+    try:
+        with os.fdopen(write, "wb") as output:
+            auditor = auditors(exporters=[StructlogExporter(output=output)])
+            _record(auditor, 0, 3)
+            assert auditor.force_flush(timeout=5)
+            process = auditor.delivery_process
+            assert process is not None
+            assert process.pid != 0
+            received = _read_lines(read, 3)
+            auditor.shutdown(timeout=5)
+    finally:
+        os.close(read)
+    assert [json.loads(line)["metadata"]["i"] for line in received] == [0, 1, 2]
+
+
+def _read_lines(fd: int, n: int, timeout: float = 5.0) -> list[bytes]:
+    """``n`` lines from ``fd``, or an assertion error once ``timeout`` passed without them."""
+    data = b""
+    deadline = time.monotonic() + timeout
+    while (got := data.count(b"\n")) < n:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, f"{got} of {n} lines arrived"
+        data += os.read(fd, 65536)
+    return data.splitlines()
 
 
 def test_delivery_is_configured_by_keyword_or_environment() -> None:
