@@ -15,6 +15,7 @@ from audit_middleware._batch import EventBatch, batch_lines
 from audit_middleware._bruteforce import BruteForcePolicy
 from audit_middleware._client_ip import ProxyTrust
 from audit_middleware._config import ENV, AuditConfig, AuditConfigError
+from audit_middleware._delivery_process import DeliveryProcess
 from audit_middleware._event import (
     SCHEMA_VERSION,
     Actor,
@@ -53,6 +54,7 @@ __all__ = [
     "Auditor",
     "BruteForcePolicy",
     "ClientInfo",
+    "DeliveryProcess",
     "ErrorInfo",
     "EventBatch",
     "ExportResult",
