@@ -395,7 +395,14 @@ class Auditor:
         continues the hash chain's stream where the last run left it."""
         for exporter in self.exporters:
             hand_over = getattr(exporter, "hand_over", None)
-            if callable(hand_over) and not hand_over():
+            if not callable(hand_over):
+                continue
+            try:
+                handed = bool(hand_over())
+            except Exception:
+                logger.exception("audit: %s failed to hand over", type(exporter).__name__)
+                handed = False
+            if not handed:
                 logger.warning(
                     "audit: %s did not hand its state over to the delivery process in time; "
                     "the delivery process starts a stream of its own",
