@@ -124,9 +124,11 @@ class PassThrough:
 _CURRENT: contextvars.ContextVar[object] = contextvars.ContextVar("wrap_current")
 
 
-async def measure(variants: Sequence[str], rounds: int) -> dict[str, list[tuple[float, float]]]:
+async def measure(
+    variants: Sequence[str], rounds: int
+) -> dict[str, list[tuple[float, float, float]]]:
     """Per variant and round: (requests/s, server CPU µs per request)."""
-    results: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
+    results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in variants}
     ctx = multiprocessing.get_context("spawn")
     for _, order in ob.rotations(tuple(variants), rounds):
         for variant in order:
@@ -141,9 +143,12 @@ async def measure(variants: Sequence[str], rounds: int) -> dict[str, list[tuple[
                 await ob.load(port, 16, 3000, 1.0)  # warm-up
                 assert process.pid is not None
                 before = process_cpu_s(process.pid, children=True)
+                alone = process_cpu_s(process.pid)
                 result = await ob.load(port, 16, 50_000, 3.0)
                 used = process_cpu_s(process.pid, children=True) - before
-                results[variant].append((result.rps, used / max(result.ok, 1) * 1e6))
+                delivery = used - (process_cpu_s(process.pid) - alone)
+                per = 1e6 / max(result.ok, 1)
+                results[variant].append((result.rps, used * per, delivery * per))
             finally:
                 process.terminate()
                 process.join(10)
@@ -199,16 +204,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     results = asyncio.run(measure(variants, args.rounds))
     bare = results["bare"]
-    print(f"{'variant':<16}{'req/s':>8}{'÷ bare':>8}{'server CPU µs/req':>20}{'added':>8}")
+    print(
+        f"{'variant':<16}{'req/s':>8}{'÷ bare':>8}{'server CPU µs/req':>20}{'added':>8}"
+        f"{'of it, delivery process':>25}"
+    )
     for name in variants:
         rows = results[name]
         # Paired with the bare run of the same round: the host's speed drifts between rounds.
-        ratio = statistics.median(r / b for (r, _), (b, _) in zip(rows, bare, strict=True))
-        added = statistics.median(c - b for (_, c), (_, b) in zip(rows, bare, strict=True))
-        rps = statistics.median(r for r, _ in rows)
-        cpu = statistics.median(c for _, c in rows)
+        ratio = statistics.median(r / b for (r, _, _), (b, _, _) in zip(rows, bare, strict=True))
+        added = statistics.median(c - b for (_, c, _), (_, b, _) in zip(rows, bare, strict=True))
+        rps = statistics.median(r for r, _, _ in rows)
+        cpu = statistics.median(c for _, c, _ in rows)
+        child = statistics.median(d for _, _, d in rows)
         shown = "-" if name == "bare" else f"{added:+.0f}"
-        print(f"{name:<16}{rps:>8.0f}{ratio:>8.2f}{cpu:>20.1f}{shown:>8}")
+        of_child = f"{child:.1f}" if "-proc" in name else "-"
+        print(f"{name:<16}{rps:>8.0f}{ratio:>8.2f}{cpu:>20.1f}{shown:>8}{of_child:>25}")
     print("÷ bare and added: medians over rounds of the variant against that round's bare run")
     return 0
 
