@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from audit_middleware import Actor, AuditConfigError, Auditor, Target
+from audit_middleware._config import Delivery
 from audit_middleware._event import ANONYMOUS, AuditEvent, ClientInfo, ErrorInfo, RequestInfo
 from audit_middleware.integrity import GENESIS, EventChain, canonical_bytes, event_hash
 from audit_middleware.integrity._digest import parse_digest, sha256_hex, signature_status
@@ -218,14 +219,22 @@ def test_archived_events_verify_in_both_formats_with_signed_digests(
     assert load_public_key(published.read_bytes()).fingerprint == key.fingerprint
 
 
-def test_a_clean_restart_continues_the_stream_and_the_digest_chain(tmp_path: Path) -> None:
+@pytest.mark.parametrize("delivery", ["thread", "process"])
+def test_a_clean_restart_continues_the_stream_and_the_digest_chain(
+    tmp_path: Path, delivery: Delivery
+) -> None:
+    """With process delivery, the delivery process seals and archives: the app's process hands
+    it the spool (and the stream it adopted from the last run) before forking it."""
     key = generate_signing_key()
     for run in range(3):
         auditor = Auditor(
-            exporters=[_archive(tmp_path, signing_key=key)], environ={}, batch_interval=0.01
+            exporters=[_archive(tmp_path, signing_key=key)],
+            environ={},
+            batch_interval=0.01,
+            delivery=delivery,
         )
         _record(auditor, 40, start=40 * run)
-        auditor.shutdown(timeout=10)
+        assert auditor.shutdown(timeout=10)
     root = tmp_path / "archive"
     seqs = _check_chains(root)
     assert list(seqs.values()) == [list(range(1, 121))]  # one stream over three processes
@@ -524,26 +533,3 @@ def test_a_forked_worker_writes_its_own_stream(tmp_path: Path) -> None:
     report = verify_archive(str(root), public_keys={key.fingerprint: key.public}, open_grace=0)
     assert report.ok, [str(f) for f in report.findings]
     assert report.streams == 2
-
-
-def test_with_process_delivery_restarts_continue_the_stream_too(tmp_path: Path) -> None:
-    """The delivery process seals and archives: the app's process hands it the spool (and the
-    stream it adopted from the last run) before forking it, so one stream spans the runs."""
-    key = generate_signing_key()
-    for run in range(3):
-        auditor = Auditor(
-            exporters=[_archive(tmp_path, signing_key=key)],
-            environ={},
-            batch_interval=0.01,
-            delivery="process",
-        )
-        _record(auditor, 40, start=40 * run)
-        assert auditor.shutdown(timeout=10)
-    root = tmp_path / "archive"
-    seqs = _check_chains(root)
-    assert list(seqs.values()) == [list(range(1, 121))]  # one stream over three runs
-    (docs,) = _check_digests(root, key).values()
-    assert [d["digest_seq"] for d in docs] == [1, 2, 3]
-    report = verify_archive(str(root), public_keys={key.fingerprint: key.public}, open_grace=0)
-    assert report.ok, report.findings
-    assert (report.events, report.streams) == (120, 1)
