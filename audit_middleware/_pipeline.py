@@ -328,9 +328,8 @@ class DeliveryPipeline:
                 self._reject(item)
             return
         self._queue.extend(items)
-        with self._drain_lock:
-            if self._drain(None):  # a stop marker went through: the dispatcher is done
-                self._wake.set()
+        with self._drain_lock:  # flush and stop requests come from this same caller, later
+            self._drain(None)
 
     def _schedule_loop_drain(self) -> None:
         """Have the running event loop, if any, build the next chunk on its next turn."""
