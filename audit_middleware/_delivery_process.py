@@ -92,7 +92,7 @@ class DeliveryProcess:
         self._lost_at_flush = 0
         self._child: _Counters | None = None  # the current child's last counters
         self._retired: dict[str, list[int]] = {}  # dead children's lane totals, by name
-        self._retired_top = [0, 0, 0, 0]  # processed, overflow, closed, build errors
+        self._retired_top = [0, 0, 0]  # dead children's overflow, closed, build errors
         _live.add(self)
 
     # -- exporter contract ----------------------------------------------------------------------
@@ -160,9 +160,9 @@ class DeliveryProcess:
             queued += lane.pending
             link_dropped += lane.dropped
         if child is not None:
-            c_queued, processed, overflow, closed, errors, lanes = child
+            c_queued, _, overflow, closed, errors, lanes = child
             queued += c_queued
-            top = [top[0] + processed, top[1] + overflow, top[2] + closed, top[3] + errors]
+            top = [top[0] + overflow, top[1] + closed, top[2] + errors]
             for name, exported, pending, retries, dropped in lanes:
                 totals = retired.setdefault(name, [0, 0, 0, 0])
                 totals[0] += exported
@@ -185,9 +185,9 @@ class DeliveryProcess:
         return PipelineStats(
             queued=queued,
             processed=parent.processed,
-            dropped_overflow=parent.dropped_overflow + top[1],
-            dropped_closed=parent.dropped_closed + top[2],
-            build_errors=parent.build_errors + top[3],
+            dropped_overflow=parent.dropped_overflow + top[0],
+            dropped_closed=parent.dropped_closed + top[1],
+            build_errors=parent.build_errors + top[2],
             exporters=exporters,
         )
 
@@ -282,12 +282,11 @@ class DeliveryProcess:
     def _retire(self) -> None:
         """Fold the dead child's counters into the totals (hold ``_lock``)."""
         if self._child is not None:
-            _, processed, overflow, closed, errors, lanes = self._child
+            _, _, overflow, closed, errors, lanes = self._child
             top = self._retired_top
-            top[0] += processed
-            top[1] += overflow
-            top[2] += closed
-            top[3] += errors
+            top[0] += overflow
+            top[1] += closed
+            top[2] += errors
             for name, exported, _, retries, dropped in lanes:
                 totals = self._retired.setdefault(name, [0, 0, 0, 0])
                 totals[0] += exported
@@ -321,7 +320,7 @@ class DeliveryProcess:
         self._accepted = self._children = self._lost = self._lost_at_flush = 0
         self._child = None
         self._retired = {}
-        self._retired_top = [0, 0, 0, 0]
+        self._retired_top = [0, 0, 0]
 
 
 def _release_inherited(keep: int) -> None:
