@@ -12,7 +12,7 @@ from typing import Any, Final
 from audit_middleware import _hooks
 from audit_middleware._batch import EventBatch
 from audit_middleware._bruteforce import BruteForceDetector, BruteForcePolicy
-from audit_middleware._builder import EventBuilder, ExplicitRecord
+from audit_middleware._builder import EventBuilder, ExplicitRecord, actor_key
 from audit_middleware._client_ip import ProxyTrust
 from audit_middleware._config import (
     AuditConfig,
@@ -36,9 +36,11 @@ from audit_middleware._wire import Unpacker
 from audit_middleware.integrity._chain import EventChain
 from audit_middleware.resolvers import ActorResolver, OrgResolver, scope_user_actor, scope_user_org
 
-_new_tuple: Final = tuple.__new__
-
 __all__ = ["Auditor", "get_default_auditor", "record"]
+
+#: With process delivery, the app's process builds at most this many batches ahead of the link
+#: to the delivery process; further requests and records wait in the queue.
+_PACE_BATCHES: Final = 4
 
 _default: Auditor | None = None
 
@@ -178,7 +180,12 @@ class Auditor:
                 before_fork=self._hand_over,
             )
             self._chain_here = None  # the delivery process seals
-            self.pipeline = self._pipeline((self.delivery_process,), self._build_unsealed, None)
+            self.pipeline = self._pipeline(
+                (self.delivery_process,),
+                self._build_unsealed,
+                None,
+                pace=_PACE_BATCHES * config.batch_size,  # the link's exports end in bounded time
+            )
         else:
             self._chain_here = self.chain
             self.pipeline = self._pipeline(
@@ -336,22 +343,19 @@ class Auditor:
                 org_id = ctx.org_id if org_was_set(ctx) else self._org_from_context(ctx)
         if org_id is not None and type(org_id) is not str:
             org_id = str(org_id)  # an int key, say: the schema's text
-        self._submit(
-            _new_tuple(  # ExplicitRecord(...) without the named tuple's Python-level __new__
-                ExplicitRecord,
-                (
-                    action,
-                    outcome,
-                    actor,
-                    target,
-                    org_id,
-                    dict(metadata) if metadata else {},
-                    time.time_ns(),
-                    ctx,
-                    None if self.capture_trace is None else self.capture_trace(),
-                ),
-            )
+        record: ExplicitRecord = (
+            action,
+            outcome,
+            actor_key(actor),
+            None if target is None else (target.type, target.id),
+            org_id,
+            tuple(metadata) if metadata else (),
+            tuple(metadata.values()) if metadata else (),
+            time.time_ns(),
+            ctx,
+            None if self.capture_trace is None else self.capture_trace(),
         )
+        self._submit(record)
 
     def _org_from_context(self, ctx: RequestContext) -> str | None:
         params = ctx.scope.get("path_params")
@@ -372,6 +376,7 @@ class Auditor:
         *,
         loop_build: int | None = None,
         observe: bool = True,
+        pace: int = 0,
     ) -> DeliveryPipeline:
         config = self.config
         return DeliveryPipeline(
@@ -387,6 +392,7 @@ class Auditor:
             # no-op unless capture_audit_events() is active
             on_built=_notify_observers if observe else None,
             seal=seal,
+            pace=pace,
         )
 
     def _hand_over(self) -> None:

@@ -11,7 +11,7 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, Final, NamedTuple, TypeVar
+from typing import Any, Final, TypeVar
 from urllib.parse import parse_qsl
 
 import orjson
@@ -24,6 +24,7 @@ from audit_middleware._event import (
     ANONYMOUS,
     SCHEMA_VERSION,
     Actor,
+    ActorType,
     AuditEvent,
     ClientInfo,
     ErrorInfo,
@@ -38,7 +39,7 @@ from audit_middleware._rules import Rule, RuleMatch, RuleSet, Source
 from audit_middleware._sanitize import NEVER_RECORDED_HEADERS, REDACTED, Redactor, clean_text
 from audit_middleware._views import RequestView, request_view
 
-__all__ = ["EventBuilder", "ExplicitRecord"]
+__all__ = ["ActorKey", "EventBuilder", "ExplicitRecord", "actor_key", "new_target"]
 
 MAX_PATH: Final = 2048
 MAX_RESPONSE_BODY: Final = 64 * 1024
@@ -55,18 +56,40 @@ _K = TypeVar("_K")
 _V = TypeVar("_V")
 
 
-class ExplicitRecord(NamedTuple):
-    """An event named by ``record(...)`` (a named tuple: built on the caller's thread)."""
+ActorKey = tuple[str | None, ActorType, str | None, str | None]
+"""An actor as a queued record holds it: (id, type, email, name); None for ``ANONYMOUS``."""
 
-    action: str
-    outcome: Outcome
-    actor: Actor
-    target: Target | None
-    org_id: str | None
-    metadata: Mapping[str, Any]
-    occurred_ns: int
-    context: RequestContext | None
-    trace: Mapping[str, str] | None = None
+ExplicitRecord = tuple[
+    str,  # action
+    Outcome,
+    ActorKey | None,
+    tuple[str, str | None] | None,  # target: (type, id)
+    str | None,  # org_id
+    tuple[Any, ...],  # metadata: its keys
+    tuple[Any, ...],  # and their values
+    int,  # occurred, ns since the epoch
+    RequestContext | None,  # the request it was recorded in
+    Mapping[str, str] | None,  # trace context
+]
+"""An event named by ``record(...)``, as queued: a plain tuple of text, numbers and tuples of
+them (outside a request). The garbage collector stops tracking such tuples: the inner ones at
+their first collection, the outer one at its second, before a backlog of records reaches the
+oldest generation (tuples nested deeper would take a collection more each). A named tuple, an
+``Actor``, a ``Target`` or a ``dict`` inside it would keep every queued record in every full
+collection."""
+
+
+def actor_key(actor: Actor) -> ActorKey | None:
+    """The fields of ``actor`` as an :data:`ExplicitRecord` holds them."""
+    return None if actor is ANONYMOUS else (actor.id, actor.type, actor.email, actor.name)
+
+
+def new_target(type_: str, id_: str | None) -> Target:
+    """A ``Target`` from fields validated when it was first made (no ``__post_init__``)."""
+    target: Target = object.__new__(Target)
+    object.__setattr__(target, "type", type_)
+    object.__setattr__(target, "id", id_)
+    return target
 
 
 class EventBuilder:
@@ -96,12 +119,13 @@ class EventBuilder:
         self._clients: dict[tuple[str | None, bytes | None], ClientInfo] = {}
         self._header_sets: dict[tuple[tuple[bytes, bytes], ...], Mapping[str, str]] = {}
         self._org_values: dict[str, str] = {}
+        self._actors: dict[ActorKey, Actor] = {}
 
     def build(self, item: object) -> AuditEvent | None:
         """Build the event for a queued item, or None when policy says not to audit it."""
         if type(item) is RequestContext:
             return self._from_request(item)
-        if type(item) is ExplicitRecord:
+        if type(item) is tuple:
             return self._from_record(item)
         if isinstance(item, AuditEvent):
             return item
@@ -292,31 +316,35 @@ class EventBuilder:
     # -- explicit records ---------------------------------------------------------------------
 
     def _from_record(self, rec: ExplicitRecord) -> AuditEvent:
-        event_id = uuid7(rec.occurred_ns)
+        action, outcome, actor, target, org_id, keys, values, occurred_ns, context, trace = rec
+        event_id = uuid7(occurred_ns)
         request = client = None
-        if rec.context is not None:
-            view = request_view(rec.context.scope, rec.context.protocol)
+        if context is not None:
+            view = request_view(context.scope, context.protocol)
             params = {str(k): str(v) for k, v in view.path_params.items()}
             request, client = self._request_info(view, params, view.route, event_id, None, None)
         return _new_tuple(  # AuditEvent(...) without the named tuple's Python-level __new__
             AuditEvent,
             (
                 event_id,
-                format_timestamp(rec.occurred_ns),
-                rec.action,
-                rec.outcome,
-                rec.actor,
-                None if rec.org_id is None else self._org(rec.org_id),
-                rec.target,
+                format_timestamp(occurred_ns),
+                action,
+                outcome,
+                ANONYMOUS if actor is None else self._actors.get(actor) or self._actor(actor),
+                None if org_id is None else self._org(org_id),
+                None if target is None else new_target(target[0], target[1]),
                 request,
                 client,
                 None,
-                self.redactor.metadata(rec.metadata) if rec.metadata else _EMPTY,
-                rec.trace,
+                self.redactor.metadata(dict(zip(keys, values, strict=True))) if keys else _EMPTY,
+                trace,
                 None,
                 SCHEMA_VERSION,
             ),
         )
+
+    def _actor(self, key: ActorKey) -> Actor:
+        return _remember(self._actors, key, Actor(*key))
 
 
 def _remember(entries: dict[_K, _V], key: _K, value: _V) -> _V:

@@ -202,6 +202,7 @@ class _Lane:
                 with self._cond:
                     self.exported += len(batch)
                     self.pending -= len(batch)
+                    self._cond.notify_all()  # a paced dispatcher may wait for this
                 return
             delay = random.uniform(0, min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2**attempt))  # noqa: S311
             give_up = attempt >= self.retries or time.monotonic() + delay > self._deadline
@@ -209,6 +210,7 @@ class _Lane:
                 with self._cond:
                     self.dropped += len(batch)
                     self.pending -= len(batch)
+                    self._cond.notify_all()
                 warn_limited(
                     f"export-failed:{self.name}",
                     "audit exporter %r failed %d time(s); dropped a batch of %d audit events "
@@ -224,6 +226,13 @@ class _Lane:
             with self._cond:
                 self.retried += len(batch)
             self._stopping.wait(delay)
+
+    def wait_below(self, events: int) -> None:
+        """Wait until no more than ``events`` built events are pending here (each export that
+        ends, in success or given up, lowers the count)."""
+        with self._cond:
+            while self.pending > events:
+                self._cond.wait()
 
     def stats(self) -> ExporterStats:
         with self._cond:
@@ -247,6 +256,7 @@ class DeliveryPipeline:
         on_built: Callable[[AuditEvent], None] | None = None,
         seal: Callable[[Sequence[AuditEvent], bool], EventBatch] | None = None,
         loop_build: int = 0,
+        pace: int = 0,
     ) -> None:
         self._exporters = tuple(exporters)
         self._seal = seal
@@ -264,6 +274,12 @@ class DeliveryPipeline:
         #: Queued requests built per event-loop turn when ``submit`` runs on a loop (0: never
         #: build on the loop, only in the dispatcher thread).
         self.loop_build = loop_build
+        #: Build no further ahead of the lanes than this many events (0: no limit). Queued
+        #: items wait instead, which costs the garbage collector nothing for ``record()``'s
+        #: plain tuples, while built events are traversed by every collection until exported.
+        #: For a pipeline whose lanes always end each export in bounded time (the link to a
+        #: delivery process): a hung exporter would hold every other lane back.
+        self.pace = pace
         self._reset()
         _live_pipelines.add(self)
 
@@ -275,6 +291,7 @@ class DeliveryPipeline:
         self._drain_lock = threading.Lock()
         self._pending: EventBatch | None = None  # built, not yet handed to the lanes
         self._loop_drain: AbstractEventLoop | None = None  # the loop a drain is scheduled on
+        self._held = False  # a loop turn was held back by pacing: the dispatcher takes over
         self._started = False
         self._closed = False
         self._processed = 0
@@ -313,7 +330,12 @@ class DeliveryPipeline:
         if waiting >= self.batch_size:
             if not self._wake.is_set():
                 self._wake.set()
-        elif self.loop_build and waiting >= self.loop_build and self._loop_drain is None:
+        elif (
+            self.loop_build
+            and waiting >= self.loop_build
+            and self._loop_drain is None
+            and not self._held
+        ):
             self._schedule_loop_drain()
         return True
 
@@ -385,6 +407,7 @@ class DeliveryPipeline:
                 self._loop_drain = None  # a drain scheduled on a loop that closed is forgotten
                 if self._drain(None):
                     return
+                self._held = False
 
     def _drain_on_loop(self) -> None:
         """Build up to ``loop_build`` queued requests on the event loop (never waits: when the
@@ -403,7 +426,7 @@ class DeliveryPipeline:
         waiting = len(self._queue)
         if waiting >= self.batch_size:
             self._wake.set()
-        elif waiting >= self.loop_build and self._loop_drain is None:
+        elif waiting >= self.loop_build and self._loop_drain is None and not self._held:
             self._schedule_loop_drain()
 
     def _drain(self, limit: int | None) -> bool:
@@ -418,6 +441,8 @@ class DeliveryPipeline:
         taken = 0
         while queue:
             if limit is not None and (taken >= limit or type(queue[0]) is _Marker):
+                break
+            if self.pace and not events and self._held_back(limit is not None):
                 break
             try:
                 item = queue.popleft()
@@ -449,6 +474,19 @@ class DeliveryPipeline:
         self._add(events, fresh)
         if limit is None:
             self._hand_over()
+        return False
+
+    def _held_back(self, loop_turn: bool) -> bool:
+        """With pacing, before a chunk: True for an event-loop turn (which never waits) while a
+        lane holds more than ``pace`` built events; the dispatcher thread waits instead, until
+        that lane holds at most half as many."""
+        for lane in self._lanes:
+            if lane.pending > self.pace:
+                if loop_turn:
+                    self._held = True
+                    self._wake.set()
+                    return True
+                lane.wait_below(self.pace // 2)
         return False
 
     def _add(self, events: list[AuditEvent], fresh: list[bool]) -> None:

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import os
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import orjson
 import pytest
 
-from audit_middleware import AuditEvent, Auditor, ExportResult, record
+from audit_middleware import Actor, AuditEvent, Auditor, ExportResult, Target, record
+from audit_middleware._pipeline import DeliveryPipeline
+from audit_middleware.testing import capture_audit_events
 from exporters import InMemoryExporter
 from tests.conftest import MemoryAuditor
 
@@ -50,6 +55,53 @@ class RaisingExporter(InMemoryExporter):
             self.raises -= 1
             raise ConnectionError("collector down")
         return super().export(batch)
+
+
+class GateExporter(InMemoryExporter):
+    """Blocks every export until ``open`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open = threading.Event()
+        self.entered = threading.Event()
+
+    def export(self, batch: Sequence[AuditEvent]) -> ExportResult:
+        self.entered.set()
+        self.open.wait(30)
+        return super().export(batch)
+
+
+def _built(n: int) -> list[AuditEvent]:
+    with capture_audit_events() as events:
+        auditor = Auditor(exporters=[], environ={})
+        for i in range(n):
+            auditor.record("doc.updated", target=Target("doc", str(i)), org_id="org_1")
+        auditor.shutdown(timeout=2.0)
+    return list(events)
+
+
+def _paced(gate: GateExporter, pace: int, loop_build: int = 0) -> DeliveryPipeline:
+    return DeliveryPipeline(
+        [gate],
+        lambda item: (item,),  # type: ignore[arg-type,return-value]
+        queue_size=10_000,
+        overflow="drop_newest",
+        batch_size=10,
+        batch_interval=0.01,
+        export_retries=0,
+        shutdown_timeout=5.0,
+        loop_build=loop_build,
+        pace=pace,
+    )
+
+
+def _wait(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.005)
+    return condition()
 
 
 def _record_n(auditor: Auditor, n: int) -> None:
@@ -304,3 +356,66 @@ def test_record_rejects_a_target_or_actor_of_the_wrong_type(
         auditor.record("doc.updated", **options)  # type: ignore[arg-type]
     assert auditor.force_flush(timeout=5)
     assert auditor.stats().build_errors == 0
+
+
+def test_queued_records_drop_out_of_the_garbage_collectors_lists(
+    make_auditor: Callable[..., MemoryAuditor],
+) -> None:
+    auditor = make_auditor(batch_size=1000, batch_interval=60.0)  # nothing is built meanwhile
+    for i in range(50):
+        auditor.record(
+            "doc.updated",
+            actor=Actor("u_1", email="ada@example.com"),
+            target=Target("doc", str(i)),
+            org_id="org_1",
+            metadata={"field": "title", "revision": i, "tags": ["a"]} if i == 7 else {"n": i},
+        )
+    queued = list(auditor.pipeline._queue)
+    assert len(queued) == 50
+    gc.collect()  # the tuples inside each record first
+    gc.collect()  # then the record
+    tracked = [i for i, item in enumerate(queued) if gc.is_tracked(item)]
+    assert tracked == [7]  # a list in its metadata: that one stays in them
+    events = auditor.wait_for(50)
+    assert [e.target for e in events] == [Target("doc", str(i)) for i in range(50)]
+    assert {e.actor for e in events} == {Actor("u_1", email="ada@example.com")}
+    assert events[7].metadata == {"field": "title", "revision": 7, "tags": ["a"]}
+    assert events[8].metadata == {"n": 8}
+
+
+def test_a_paced_dispatcher_builds_no_further_ahead_of_its_lane_than_the_pace() -> None:
+    events = _built(200)
+    gate = GateExporter()
+    pipeline = _paced(gate, pace=30)
+    for event in events:
+        assert pipeline.submit(event)
+    assert gate.entered.wait(5)
+    assert _wait(lambda: pipeline.stats().exporters[0].pending >= 30)
+    time.sleep(0.1)  # room to build further, were it not held back
+    stats = pipeline.stats()
+    assert stats.exporters[0].pending <= 30 + 10  # the pace, plus the chunk that crossed it
+    assert stats.queued >= 200 - 40
+    gate.open.set()
+    assert pipeline.force_flush(timeout=5.0)
+    assert [e.id for e in gate.events] == [e.id for e in events]  # in order, every one
+    assert pipeline.shutdown(timeout=5.0)
+
+
+def test_a_paced_event_loop_turn_never_waits_for_the_lane() -> None:
+    events = _built(200)
+    gate = GateExporter()
+    pipeline = _paced(gate, pace=20, loop_build=5)
+
+    async def submit_all() -> None:
+        for event in events:
+            pipeline.submit(event)
+            await asyncio.sleep(0)  # the loop turns: queued events are built on it
+
+    with ThreadPoolExecutor(1) as pool:  # the loop runs while the lane is blocked
+        pool.submit(asyncio.run, submit_all()).result(timeout=10)
+    assert gate.open.is_set() is False
+    assert pipeline.stats().exporters[0].pending <= 20 + 10
+    gate.open.set()
+    assert pipeline.force_flush(timeout=5.0)
+    assert [e.id for e in gate.events] == [e.id for e in events]
+    assert pipeline.shutdown(timeout=5.0)
