@@ -44,7 +44,7 @@ from audit_middleware._pipeline import DeliveryPipeline, ExporterStats, Pipeline
 from audit_middleware._warn import logger, warn_limited
 from audit_middleware._wire import Unpacker, pack_events
 
-__all__ = ["DeliveryProcess"]
+__all__ = ["DeliveryProcess", "deliver_frame"]
 
 _EVENTS: Final = 1
 _FLUSH: Final = 2
@@ -52,6 +52,7 @@ _SHUTDOWN: Final = 3
 _REQUEST: Final = struct.Struct("<BIQ")  # kind, request id, payload length
 _REPLY: Final = struct.Struct("<IQ")  # request id, payload length
 _SECONDS: Final = struct.Struct("<d")  # a flush's or shutdown's timeout
+_GC_THRESHOLDS: Final = (50_000, 20, 10)  # the delivery process's collector (default 700, 10, 10)
 _STATS_EVERY_S: Final = 0.05  # counters ride on a reply at most this often (they cost O(queue))
 
 #: What the child reports: ok, then its counters (or None when unchanged since recently).
@@ -406,6 +407,9 @@ def _serve(sock: socket.socket, make_pipeline: Callable[[Unpacker], DeliveryPipe
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_IGN)  # the parent decides when this process stops
     gc.freeze()  # what came with the fork is never collected here: no traversal of it
+    # Each frame makes thousands of objects that live until exported: collected at the default
+    # threshold (700 allocations), they would be traversed several times over on the way.
+    gc.set_threshold(*_GC_THRESHOLDS)
     unpacker = Unpacker()
     pipeline = make_pipeline(unpacker)
     sock.settimeout(None)
@@ -422,7 +426,7 @@ def _serve(sock: socket.socket, make_pipeline: Callable[[Unpacker], DeliveryPipe
             # Built, sealed and handed to the exporters' lanes before the answer: the parent
             # waits meanwhile (its own bounded backlog absorbs the load), so nothing piles up
             # here unseen.
-            pipeline.deliver_now(unpacker.frame(payload))
+            deliver_frame(pipeline, unpacker, payload)
             ok = True
             now = time.monotonic()
             if now - last_counters >= _STATS_EVERY_S:
@@ -439,6 +443,19 @@ def _serve(sock: socket.socket, make_pipeline: Callable[[Unpacker], DeliveryPipe
             return
         if kind == _SHUTDOWN:
             return
+
+
+def deliver_frame(
+    pipeline: DeliveryPipeline, unpacker: Unpacker, payload: bytes | bytearray
+) -> None:
+    """Seal and hand a frame's events to ``pipeline``'s lanes: all at once, or one at a time
+    (each failure counted as a build error) when a tuple does not make an event."""
+    try:
+        events = unpacker.events(payload)
+    except Exception:
+        pipeline.deliver_now(unpacker.frame(payload))
+    else:
+        pipeline.deliver_built(events)
 
 
 def _counters(stats: PipelineStats) -> _Counters:

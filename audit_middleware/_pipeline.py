@@ -353,6 +353,22 @@ class DeliveryPipeline:
         with self._drain_lock:  # flush and stop requests come from this same caller, later
             self._drain(None)
 
+    def deliver_built(self, events: list[AuditEvent]) -> None:
+        """:meth:`deliver_now` for events the caller built itself, all at once (the delivery
+        process's reader unpacks whole frames): sealed, rendered and handed to the lanes as
+        one batch, behind anything queued before."""
+        if not self._started:
+            self._start()
+        if self._closed:
+            for event in events:
+                self._reject(event)
+            return
+        with self._drain_lock:
+            self._drain(None)
+            self._processed += len(events)
+            self._add(events, [True] * len(events))
+            self._hand_over()
+
     def _schedule_loop_drain(self) -> None:
         """Have the running event loop, if any, build the next chunk on its next turn."""
         loop = running_loop()

@@ -16,6 +16,7 @@ from typing import Any, Final
 
 import orjson
 
+from audit_middleware._builder import new_target
 from audit_middleware._event import (
     _EMPTY,
     ANONYMOUS,
@@ -133,6 +134,11 @@ class Unpacker:
         flats: list[tuple[Any, ...]] = marshal.loads(payload)  # noqa: S302
         return flats
 
+    def events(self, payload: bytes | bytearray | memoryview) -> list[AuditEvent]:
+        """The events of a frame (a malformed tuple raises: use :meth:`frame` and
+        :meth:`event` to take them one at a time)."""
+        return [self.event(flat) for flat in self.frame(payload)]
+
     def event(self, flat: object) -> AuditEvent:
         """The event a plain tuple stands for."""
         assert type(flat) is tuple
@@ -147,7 +153,7 @@ class Unpacker:
         if flat[6] is not None:
             target = self._targets.get(flat[6])
             if target is None:
-                target = _remember(self._targets, flat[6], Target(*flat[6]))
+                target = _remember(self._targets, flat[6], new_target(*flat[6]))
         request = None
         flat_request = flat[7]
         if flat_request is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import marshal
 import os
 import select
 import signal
@@ -39,7 +40,7 @@ from audit_middleware import (
     Target,
     _warn,
 )
-from audit_middleware._delivery_process import DeliveryProcess
+from audit_middleware._delivery_process import DeliveryProcess, deliver_frame
 from audit_middleware._lines import event_line
 from audit_middleware._wire import Unpacker, pack_events
 from audit_middleware.integrity import verify_events
@@ -163,6 +164,28 @@ def test_events_cross_the_wire_unchanged(make_auditor: Callable[..., MemoryAudit
     assert again[2].request is not None
     assert back[2].request is not None
     assert again[2].request.headers is back[2].request.headers
+
+
+def test_a_frame_is_delivered_whole_and_a_tuple_that_is_no_event_costs_only_itself(
+    make_auditor: Callable[..., MemoryAuditor],
+) -> None:
+    source = make_auditor()
+    for i in range(6):
+        source.record("doc.updated", target=Target("doc", str(i)), org_id="org_1")
+    events = source.wait_for(6)
+    child = make_auditor(integrity=True)
+    unpacker = Unpacker()
+    pipeline = child._delivery_pipeline(unpacker)  # what a delivery process runs
+    deliver_frame(pipeline, unpacker, pack_events(events[:3]))
+    good = unpacker.frame(pack_events(events[3:]))
+    broken = marshal.dumps([good[0], ("not", "an", "event"), good[1], good[2]])
+    deliver_frame(pipeline, unpacker, broken)
+    assert pipeline.force_flush(timeout=5.0)
+    delivered = child.memory.events
+    assert [e.target for e in delivered] == [e.target for e in events]
+    assert [e.integrity["seq"] for e in delivered if e.integrity] == [1, 2, 3, 4, 5, 6]
+    assert pipeline.stats().build_errors == 1
+    pipeline.shutdown(timeout=5.0)
 
 
 def test_values_marshal_refuses_travel_as_their_json(
