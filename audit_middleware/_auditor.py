@@ -38,9 +38,11 @@ from audit_middleware.resolvers import ActorResolver, OrgResolver, scope_user_ac
 
 __all__ = ["Auditor", "get_default_auditor", "record"]
 
-#: With process delivery, the app's process builds at most this many batches ahead of the link
-#: to the delivery process; further requests and records wait in the queue.
+#: With one exporter, or process delivery (whose one exporter is the link to the delivery
+#: process), events are built at most this many batches ahead of the exporter; further
+#: requests and records wait in the queue, unbuilt.
 _PACE_BATCHES: Final = 4
+_PACE_MIN_EVENTS: Final = 8192
 
 _default: Auditor | None = None
 
@@ -184,7 +186,7 @@ class Auditor:
                 (self.delivery_process,),
                 self._build_unsealed,
                 None,
-                pace=_PACE_BATCHES * config.batch_size,  # the link's exports end in bounded time
+                pace=self._pace(),
             )
         else:
             self._chain_here = self.chain
@@ -192,6 +194,8 @@ class Auditor:
                 self.exporters,
                 self._build_unsealed,
                 None if self.chain is None else self.chain.seal,  # once per batch
+                # one exporter: its lane's backlog and the queue are one buffer
+                pace=self._pace() if len(self.exporters) == 1 else 0,
             )
         self.capture_trace = _trace_capture(config, self.exporters)
         self.durable_exporters: tuple[DurableExporter, ...] = tuple(
@@ -394,6 +398,11 @@ class Auditor:
             seal=seal,
             pace=pace,
         )
+
+    def _pace(self) -> int:
+        """How far ahead of its one exporter a pipeline builds: a few batches, and room for
+        the lane to merge what queued up behind a slow export (``merges_batches``)."""
+        return max(_PACE_BATCHES * self.config.batch_size, _PACE_MIN_EVENTS)
 
     def _hand_over(self) -> None:
         """Before the delivery process is forked: exporters that keep per-process state on

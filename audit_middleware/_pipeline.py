@@ -44,6 +44,7 @@ __all__ = ["DeliveryPipeline", "ExporterStats", "PipelineStats"]
 _BACKOFF_BASE_S: Final = 0.1
 _BACKOFF_CAP_S: Final = 5.0
 _MERGE_UP_TO: Final = 8192
+_CLOSING_POLL_S: Final = 0.05  # a paced dispatcher checks this often whether shutdown began
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,12 +228,12 @@ class _Lane:
                 self.retried += len(batch)
             self._stopping.wait(delay)
 
-    def wait_below(self, events: int) -> None:
+    def wait_below(self, events: int, closing: Callable[[], bool]) -> None:
         """Wait until no more than ``events`` built events are pending here (each export that
-        ends, in success or given up, lowers the count)."""
+        ends, in success or given up, lowers the count), or until ``closing()``."""
         with self._cond:
-            while self.pending > events:
-                self._cond.wait()
+            while self.pending > events and not closing():
+                self._cond.wait(_CLOSING_POLL_S)
 
     def stats(self) -> ExporterStats:
         with self._cond:
@@ -277,8 +278,10 @@ class DeliveryPipeline:
         #: Build no further ahead of the lanes than this many events (0: no limit). Queued
         #: items wait instead, which costs the garbage collector nothing for ``record()``'s
         #: plain tuples, while built events are traversed by every collection until exported.
-        #: For a pipeline whose lanes always end each export in bounded time (the link to a
-        #: delivery process): a hung exporter would hold every other lane back.
+        #: For a pipeline with one lane (with several, a slow exporter would hold the others
+        #: back); a slow or hung exporter then fills the queue instead of its lane's backlog,
+        #: and the queue's overflow policy counts what it drops. Once shutdown begins, the
+        #: dispatcher no longer waits.
         self.pace = pace
         self._reset()
         _live_pipelines.add(self)
@@ -502,8 +505,11 @@ class DeliveryPipeline:
                     self._held = True
                     self._wake.set()
                     return True
-                lane.wait_below(self.pace // 2)
+                lane.wait_below(self.pace // 2, self._is_closed)
         return False
+
+    def _is_closed(self) -> bool:
+        return self._closed
 
     def _add(self, events: list[AuditEvent], fresh: list[bool]) -> None:
         """Seal and render ``events`` and add them to the pending batch; hand the pending batch

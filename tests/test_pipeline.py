@@ -419,3 +419,41 @@ def test_a_paced_event_loop_turn_never_waits_for_the_lane() -> None:
     assert pipeline.force_flush(timeout=5.0)
     assert [e.id for e in gate.events] == [e.id for e in events]
     assert pipeline.shutdown(timeout=5.0)
+
+
+class FailingExporter(InMemoryExporter):
+    """Every export fails; records whether it was shut down."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stopped = threading.Event()
+
+    def export(self, batch: Sequence[AuditEvent]) -> ExportResult:
+        return ExportResult.FAILURE
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        self.stopped.set()
+
+
+def test_shutdown_reaches_a_paced_lane_that_is_retrying_and_counts_every_event() -> None:
+    events = _built(100)
+    failing = FailingExporter()
+    pipeline = DeliveryPipeline(
+        [failing],
+        lambda item: (item,),  # type: ignore[arg-type,return-value]
+        queue_size=10_000,
+        overflow="drop_newest",
+        batch_size=10,
+        batch_interval=0.01,
+        export_retries=50,  # backoff of seconds between attempts: only shutdown cuts it short
+        shutdown_timeout=5.0,
+        pace=20,
+    )
+    for event in events:
+        pipeline.submit(event)
+    assert _wait(lambda: pipeline.stats().exporters[0].retries > 0)
+    assert pipeline.shutdown(timeout=1.0) is False
+    assert failing.stopped.wait(5)  # the stop request got past the pace to the lane
+    stats = pipeline.stats()
+    assert stats.queued == 0
+    assert stats.dropped == 100  # every event counted
