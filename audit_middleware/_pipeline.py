@@ -346,11 +346,7 @@ class DeliveryPipeline:
         """Build ``items`` on the calling thread and hand them to the lanes, behind anything
         queued before: for a caller that is itself a background thread (the delivery process's
         reader), which then waits for the work rather than queueing it."""
-        if not self._started:
-            self._start()
-        if self._closed:
-            for item in items:
-                self._reject(item)
+        if not self._accepting(items):
             return
         self._queue.extend(items)
         with self._drain_lock:  # flush and stop requests come from this same caller, later
@@ -360,17 +356,23 @@ class DeliveryPipeline:
         """:meth:`deliver_now` for events the caller built itself, all at once (the delivery
         process's reader unpacks whole frames): sealed, rendered and handed to the lanes as
         one batch, behind anything queued before."""
-        if not self._started:
-            self._start()
-        if self._closed:
-            for event in events:
-                self._reject(event)
+        if not self._accepting(events):
             return
         with self._drain_lock:
             self._drain(None)
             self._processed += len(events)
             self._add(events, [True] * len(events))
             self._hand_over()
+
+    def _accepting(self, items: Sequence[object]) -> bool:
+        """Start the threads if needed; False once closed (each item counted as dropped)."""
+        if not self._started:
+            self._start()
+        if self._closed:
+            for item in items:
+                self._reject(item)
+            return False
+        return True
 
     def _schedule_loop_drain(self) -> None:
         """Have the running event loop, if any, build the next chunk on its next turn."""

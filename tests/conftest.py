@@ -78,6 +78,16 @@ def validate_every_event() -> Iterator[None]:
     assert not problems, f"events violating the schema: {problems}"
 
 
+def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` seconds pass; its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()
+
+
 class MemoryAuditor(Auditor):
     """An Auditor with an in-memory exporter and fast batching."""
 

@@ -45,7 +45,7 @@ from audit_middleware._lines import event_line
 from audit_middleware._wire import Unpacker, pack_events
 from audit_middleware.integrity import verify_events
 from exporters.log import StructlogExporter
-from tests.conftest import MemoryAuditor, serve, serve_wsgi
+from tests.conftest import MemoryAuditor, eventually, serve, serve_wsgi
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -127,15 +127,6 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state not in ("Z", "X")
-
-
-def _wait(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 # -- the wire -------------------------------------------------------------------------------------
@@ -301,7 +292,7 @@ def test_a_killed_delivery_process_is_replaced_and_its_losses_counted(
     _record(auditor, 0, 200)
     process = auditor.delivery_process
     assert process is not None
-    assert _wait(lambda: process.pid != 0 and len(marks.rows()) > 0)
+    assert eventually(lambda: process.pid != 0 and len(marks.rows()) > 0)
     first = process.pid
     os.kill(first, signal.SIGKILL)
     _record(auditor, 200, 100)
@@ -335,11 +326,11 @@ def test_a_stopped_delivery_process_is_killed_after_the_reply_timeout(
     os.kill(first, signal.SIGSTOP)  # alive but silent
     try:
         _record(auditor, 10, 10)
-        assert _wait(lambda: process.pid not in (0, first), 10)
+        assert eventually(lambda: process.pid not in (0, first), 10)
     finally:
         if _alive(first):
             os.kill(first, signal.SIGCONT)
-    assert _wait(lambda: not _alive(first), 5)  # killed and reaped
+    assert eventually(lambda: not _alive(first), 5)  # killed and reaped
     auditor.force_flush(timeout=10)
     ids = {row["id"] for row in marks.rows()}
     assert len(ids) == 20  # the unanswered batch went to the next process
@@ -357,7 +348,7 @@ def test_a_hung_exporter_in_the_delivery_process_never_blocks_the_app(
     start = time.monotonic()
     assert not auditor.force_flush(timeout=1.0)
     assert time.monotonic() - start < 4.0
-    assert _wait(lambda: len(fine.rows()) == 1000)  # the other exporter was not held up
+    assert eventually(lambda: len(fine.rows()) == 1000)  # the other exporter was not held up
 
 
 def test_sigterm_and_sigint_do_not_stop_the_delivery_process(
@@ -456,7 +447,7 @@ def test_when_the_app_process_ends_the_delivery_process_delivers_and_exits(
     )
     assert result.returncode == 0, result.stderr
     child = int(result.stdout.split()[-1])
-    assert _wait(lambda: not _alive(child), 15), "the delivery process did not exit"
+    assert eventually(lambda: not _alive(child), 15), "the delivery process did not exit"
     metas = sorted(json.loads(line)["metadata"]["i"] for line in log.read_bytes().splitlines())
     assert metas == list(range(100))
 

@@ -19,7 +19,7 @@ from audit_middleware import Actor, AuditEvent, Auditor, ExportResult, Target, r
 from audit_middleware._pipeline import DeliveryPipeline
 from audit_middleware.testing import capture_audit_events
 from exporters import InMemoryExporter
-from tests.conftest import MemoryAuditor
+from tests.conftest import MemoryAuditor, eventually
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -80,28 +80,22 @@ def _built(n: int) -> list[AuditEvent]:
     return list(events)
 
 
-def _paced(gate: GateExporter, pace: int, loop_build: int = 0) -> DeliveryPipeline:
+def _paced(
+    exporter: InMemoryExporter, pace: int, loop_build: int = 0, retries: int = 0
+) -> DeliveryPipeline:
+    """A pipeline of prebuilt events in batches of 10, paced to ``pace`` events."""
     return DeliveryPipeline(
-        [gate],
+        [exporter],
         lambda item: (item,),  # type: ignore[arg-type,return-value]
         queue_size=10_000,
         overflow="drop_newest",
         batch_size=10,
         batch_interval=0.01,
-        export_retries=0,
+        export_retries=retries,
         shutdown_timeout=5.0,
         loop_build=loop_build,
         pace=pace,
     )
-
-
-def _wait(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.005)
-    return condition()
 
 
 def _record_n(auditor: Auditor, n: int) -> None:
@@ -390,7 +384,7 @@ def test_a_paced_dispatcher_builds_no_further_ahead_of_its_lane_than_the_pace() 
     for event in events:
         assert pipeline.submit(event)
     assert gate.entered.wait(5)
-    assert _wait(lambda: pipeline.stats().exporters[0].pending >= 30)
+    assert eventually(lambda: pipeline.stats().exporters[0].pending >= 30)
     time.sleep(0.1)  # room to build further, were it not held back
     stats = pipeline.stats()
     assert stats.exporters[0].pending <= 30 + 10  # the pace, plus the chunk that crossed it
@@ -438,20 +432,11 @@ class FailingExporter(InMemoryExporter):
 def test_shutdown_reaches_a_paced_lane_that_is_retrying_and_counts_every_event() -> None:
     events = _built(100)
     failing = FailingExporter()
-    pipeline = DeliveryPipeline(
-        [failing],
-        lambda item: (item,),  # type: ignore[arg-type,return-value]
-        queue_size=10_000,
-        overflow="drop_newest",
-        batch_size=10,
-        batch_interval=0.01,
-        export_retries=50,  # backoff of seconds between attempts: only shutdown cuts it short
-        shutdown_timeout=5.0,
-        pace=20,
-    )
+    # backoff of seconds between attempts: only shutdown cuts it short
+    pipeline = _paced(failing, pace=20, retries=50)
     for event in events:
         pipeline.submit(event)
-    assert _wait(lambda: pipeline.stats().exporters[0].retries > 0)
+    assert eventually(lambda: pipeline.stats().exporters[0].retries > 0)
     assert pipeline.shutdown(timeout=1.0) is False
     assert failing.stopped.wait(5)  # the stop request got past the pace to the lane
     stats = pipeline.stats()
