@@ -7,7 +7,9 @@ benchmark's GIL. Events are realistic explicit records::
     auditor.record("doc.updated", org_id=f"org_{i % 20}", target=Target("doc", str(i)),
                    metadata={"field": ..., "revision": ...})
 
-(20 organizations, so 20 partitions per day), delivered by an ``Auditor`` with a queue large
+(20 organizations, so 20 partitions per day; ``--orgs N`` spreads them over N: the spool
+appends and fsyncs once per partition in each batch, and each partition is an object of its
+own), delivered by an ``Auditor`` with a queue large
 enough that nothing is dropped and ``batch_size=2000``, to an ``ArchiveExporter`` with its
 default object limits (10,000 events / 8 MiB / 60 s per object) and ``object_lock="auto"``.
 Every run writes to a bucket of its own, created with boto3 as ``audit-log bucket create``
@@ -108,7 +110,7 @@ TARGET_RATIO: Final = 100.0
 TARGET_RSS_MB: Final = 100.0
 
 RETENTION_DAYS: Final = 90
-ORGS: Final = 20
+ORGS: Final = [20]  # orgs the events are spread over (one partition each per day): --orgs
 BATCH_SIZE: Final = 2000
 FIELDS: Final = ("title", "body", "tags", "owner")
 FLUSH_TIMEOUT_S: Final = 600.0
@@ -236,7 +238,7 @@ def record_events(auditor: Auditor, start: int, n: int) -> None:
     for i in range(start, start + n):
         record(
             "doc.updated",
-            org_id=f"org_{i % ORGS}",
+            org_id=f"org_{i % ORGS[0]}",
             target=Target("doc", str(i)),
             metadata={"field": FIELDS[i % 4], "revision": i % 97},
         )
@@ -992,11 +994,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="short smoke run (~20 s)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument(
+        "--orgs",
+        type=int,
+        default=ORGS[0],
+        help=f"orgs the events are spread over, one partition each (default {ORGS[0]})",
+    )
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--profile", action="store_true", help="always profile the threads")
     group.add_argument("--no-profile", action="store_true", help="never profile the threads")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
+    if args.orgs < 1:
+        parser.error("--orgs must be at least 1")
+    ORGS[0] = args.orgs
 
     ctx = machine()
     print(
@@ -1005,7 +1016,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     tmp = os.path.realpath(tempfile.gettempdir())
     print(
-        f"mode: {'quick' if args.quick else 'full'}; S3: moto server in a child process; "
+        f"mode: {'quick' if args.quick else 'full'}, {ORGS[0]:,} orgs; "
+        "S3: moto server in a child process; "
         f"spool in {tmp} ({filesystem_of(tmp)})\nbuild: {build_summary()}"
     )
     started = time.monotonic()
@@ -1068,6 +1080,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = {
             "machine": ctx,
             "mode": "quick" if args.quick else "full",
+            "orgs": ORGS[0],
             "plan": asdict(plan),
             "targets": {"eps": TARGET_EPS, "ratio": TARGET_RATIO, "rss_mb": TARGET_RSS_MB},
             "sustained": {
