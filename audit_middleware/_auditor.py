@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import EllipsisType
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from audit_middleware import _hooks
 from audit_middleware._batch import EventBatch
@@ -32,7 +32,7 @@ from audit_middleware._rules import Rule, RuleSet, Source, UnmatchedPolicy, is_v
 from audit_middleware._rules_file import load_rules_file
 from audit_middleware._sanitize import Redactor
 from audit_middleware._warn import logger, warn_limited
-from audit_middleware._wire import Unpacker
+from audit_middleware._wire import Unpacker, plain_record
 from audit_middleware.integrity._chain import EventChain
 from audit_middleware.resolvers import ActorResolver, OrgResolver, scope_user_actor, scope_user_org
 
@@ -184,7 +184,7 @@ class Auditor:
             self._chain_here = None  # the delivery process seals
             self.pipeline = self._pipeline(
                 (self.delivery_process,),
-                self._build_unsealed,
+                self._build_for_link,
                 None,
                 pace=self._pace(),
             )
@@ -303,6 +303,16 @@ class Auditor:
             alerts = self.brute_force.observe(event)
             events = (event, *(self.builder.alert_event(a) for a in alerts))
         return events
+
+    def _build_for_link(self, item: object) -> Sequence[AuditEvent]:
+        """Process delivery's build: a record that can cross as it is (``plain_record``) is
+        built in the delivery process, by the same builder from the same tuple; anything else
+        is built here. A failed login's record is built here: brute-force detection watches
+        for it in this process."""
+        if type(item) is tuple and plain_record(item) and item[0] not in self._failure_actions:
+            # Not an event yet: the link, this pipeline's one exporter, packs it as it is.
+            return (cast(AuditEvent, item),)
+        return self._build_unsealed(item)
 
     # -- explicit events ------------------------------------------------------------------------
 
@@ -427,6 +437,7 @@ class Auditor:
     def _delivery_pipeline(self, unpacker: Unpacker) -> DeliveryPipeline:
         """The delivery process's pipeline: events arrive built, as plain tuples; it seals
         them, renders their lines and runs the exporters (called in that process)."""
+        unpacker.build_record = self.builder.from_record
         event = unpacker.event
         return self._pipeline(
             self.exporters,

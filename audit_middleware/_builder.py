@@ -126,7 +126,7 @@ class EventBuilder:
         if type(item) is RequestContext:
             return self._from_request(item)
         if type(item) is tuple:
-            return self._from_record(item)
+            return self.from_record(item)
         if isinstance(item, AuditEvent):
             return item
         raise TypeError(f"cannot build an audit event from {type(item).__name__}")
@@ -315,7 +315,8 @@ class EventBuilder:
 
     # -- explicit records ---------------------------------------------------------------------
 
-    def _from_record(self, rec: ExplicitRecord) -> AuditEvent:
+    def from_record(self, rec: ExplicitRecord) -> AuditEvent:
+        """The event of a queued ``record()``."""
         action, outcome, actor, target, org_id, keys, values, occurred_ns, context, trace = rec
         event_id = uuid7(occurred_ns)
         request = client = None

@@ -219,7 +219,8 @@ class _Lane:
                     self.name,
                     attempt + 1,
                     len(batch),
-                    batch[0].id,
+                    # process delivery's link carries some records unbuilt, without an id yet
+                    getattr(batch[0], "id", "not assigned yet"),
                     self.dropped,
                 )
                 return

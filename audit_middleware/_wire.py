@@ -6,12 +6,16 @@ read only by a process forked from the writer, so both sides run the same code a
 Parts that repeat from event to event (actors, targets, clients, header sets) come back as
 shared objects, as the builder made them, so the identity caches of the chain and the line
 renderer keep working in the receiving process.
+
+A ``record()`` made outside a request crosses unbuilt when it is already such a tuple
+(:func:`plain_record`): the delivery process builds it, with the same builder it was forked
+with, instead of this process building it and both converting the event.
 """
 
 from __future__ import annotations
 
 import marshal
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 import orjson
@@ -29,11 +33,13 @@ from audit_middleware._event import (
 )
 from audit_middleware._lines import IdentityCache
 
-__all__ = ["Unpacker", "pack_events"]
+__all__ = ["Unpacker", "pack_events", "plain_record"]
 
 _new_tuple: Final = tuple.__new__
 _MARSHAL_VERSION: Final = 4  # shares repeated objects within a frame
 _CACHE_SIZE: Final = 4096
+_RECORD_SIZE: Final = 10  # an ExplicitRecord's fields; a flattened event has 14
+_SCALARS: Final = frozenset({str, int, float, bool, type(None)})
 
 # Parent side: header sets the builder shares, flattened once.
 _header_items = IdentityCache()
@@ -109,19 +115,54 @@ def _json_safe(flat: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(parts)
 
 
-def pack_events(events: Sequence[AuditEvent]) -> bytes:
-    """``events`` as one ``marshal`` frame of plain tuples."""
-    flats = [_flat(event) for event in events]
+def plain_record(record: tuple[Any, ...]) -> bool:
+    """Whether a queued ``record()`` (an :data:`~audit_middleware._builder.ExplicitRecord`)
+    can cross to the delivery process as it is: made outside a request, and nothing in it but
+    exact strings, numbers, booleans and ``None`` (which ``marshal`` carries unchanged), so
+    that the builder there makes the very event this process would have made."""
+    if len(record) != _RECORD_SIZE or record[8] is not None:
+        return False
+    action, outcome, actor, target, org_id, keys, values, occurred_ns, _, trace = record
+    if type(action) is not str or type(outcome) is not str or type(occurred_ns) is not int:
+        return False
+    if org_id is not None and type(org_id) is not str:
+        return False
+    if actor is not None and not _scalars(actor):
+        return False
+    if target is not None and not _scalars(target):
+        return False
+    if not all(type(key) is str for key in keys) or not _scalars(values):
+        return False
+    return trace is None or (
+        type(trace) is dict and all(type(k) is str and type(v) is str for k, v in trace.items())
+    )
+
+
+def _scalars(items: tuple[Any, ...]) -> bool:
+    if type(items) is not tuple:
+        return False
+    return all(type(item) in _SCALARS for item in items)
+
+
+def pack_events(events: Sequence[tuple[Any, ...]]) -> bytes:
+    """``events`` as one ``marshal`` frame of plain tuples (records passed by
+    :func:`plain_record` go as they are)."""
+    flats = [_flat(event) if isinstance(event, AuditEvent) else event for event in events]
     try:
         return marshal.dumps(flats, _MARSHAL_VERSION)
     except ValueError:  # a metadata value of a type marshal does not know
-        return marshal.dumps([_json_safe(flat) for flat in flats], _MARSHAL_VERSION)
+        return marshal.dumps(
+            [flat if len(flat) == _RECORD_SIZE else _json_safe(flat) for flat in flats],
+            _MARSHAL_VERSION,
+        )
 
 
 class Unpacker:
-    """Turns frames back into events, sharing the parts that repeat (bounded caches)."""
+    """Turns frames back into events, sharing the parts that repeat (bounded caches).
+    Unbuilt records need ``build_record`` (the builder's ``from_record``)."""
 
     def __init__(self) -> None:
+        self.build_record: Callable[[Any], AuditEvent] | None = None
         self._actors: dict[tuple[Any, ...], Actor] = {}
         self._targets: dict[tuple[Any, ...], Target] = {}
         self._clients: dict[tuple[Any, ...], ClientInfo] = {}
@@ -142,6 +183,10 @@ class Unpacker:
     def event(self, flat: object) -> AuditEvent:
         """The event a plain tuple stands for."""
         assert type(flat) is tuple
+        if len(flat) == _RECORD_SIZE:
+            if self.build_record is None:
+                raise ValueError("an unbuilt record, and no builder to build it")
+            return self.build_record(flat)
         actor_key = flat[4]
         if actor_key is None:
             actor = ANONYMOUS

@@ -42,7 +42,7 @@ from audit_middleware import (
 )
 from audit_middleware._delivery_process import DeliveryProcess, deliver_frame
 from audit_middleware._lines import event_line
-from audit_middleware._wire import Unpacker, pack_events
+from audit_middleware._wire import Unpacker, pack_events, plain_record
 from audit_middleware.integrity import verify_events
 from exporters.log import StructlogExporter
 from tests.conftest import MemoryAuditor, eventually, serve, serve_wsgi
@@ -201,6 +201,113 @@ async def _post(app: AuditMiddleware, path: str) -> None:
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         response = await client.post(path, headers={"user-agent": "t/1", "cookie": "s=1"})
     assert response.status_code == 200
+
+
+def test_a_record_crosses_unbuilt_only_when_marshal_carries_it_unchanged(
+    make_auditor: Callable[..., MemoryAuditor],
+) -> None:
+    auditor = make_auditor()
+    queued: list[tuple[object, ...]] = []
+    auditor._submit = queued.append  # type: ignore[method-assign, assignment]
+
+    class Text(str):
+        pass
+
+    plain = {"n": 1, "ok": True, "r": 0.5, "none": None}
+    auditor.record("doc.updated", actor=Actor("u_1"), target=Target("doc", "d_1"), metadata=plain)
+    auditor.record("doc.deleted")
+    auditor.record("doc.shared", metadata={"nested": {"a": 1}})
+    auditor.record("doc.exported", metadata={"when": datetime.date(2026, 11, 28)})
+    auditor.record("doc.tagged", metadata={1: "an int key"})  # type: ignore[dict-item]
+    auditor.record("doc.moved", metadata={"to": Text("folder")})
+    auditor.record("doc.copied", actor=Actor(Text("u_2"), type="user"))  # made plain text
+    assert [plain_record(record) for record in queued] == [True, True, *[False] * 4, True]
+    traced = (*queued[0][:9], {"trace_id": "a" * 32})
+    assert plain_record(traced)
+    assert not plain_record((*queued[0][:9], {"trace_id": 1}))
+    assert not plain_record(traced[:9])  # not a record
+    with pytest.raises(ValueError, match="no builder"):
+        Unpacker().event(marshal.loads(pack_events([queued[0]]))[0])
+
+
+class LineFile:
+    """Appends each event's JSON line to a file (readable from the test's process)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def export(self, batch: Sequence[AuditEvent]) -> ExportResult:
+        with self.path.open("ab") as f:
+            f.writelines(event_line(event) for event in batch)
+        return ExportResult.SUCCESS
+
+    def force_flush(self, timeout: float | None = None) -> bool:
+        return True
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        return None
+
+
+def _records_of_every_kind(auditor: Auditor) -> None:
+    auditor.record(
+        "doc.updated",
+        actor=Actor("u_1", type="user", email="ana@example.com", name="Ana"),
+        target=Target("doc", "d_1"),
+        org_id="org_1",
+        outcome="denied",
+        metadata={"n": 2**70, "ok": True, "ratio": 0.5, "none": None, "text": "é\n\x1b[31m"},
+    )
+    auditor.record("doc.deleted")
+    auditor.record("doc.renamed", metadata={"password": "hunter2", "api_token": "t", "to": "b"})
+    auditor.record("doc.described", metadata={"text": "x" * 100_000})
+    auditor.record("doc.shared", metadata={"nested": {"list": [1, 2.5]}})
+    auditor.record("doc.exported", metadata={"when": datetime.date(2026, 11, 28)})
+    for _ in range(2):
+        auditor.record("user.login.failed", target=Target("user", "ana"), outcome="failure")
+
+
+def test_records_built_by_the_delivery_process_equal_those_built_in_the_app(
+    auditors: Callable[..., Auditor],
+    make_auditor: Callable[..., MemoryAuditor],
+    tmp_path: Path,
+) -> None:
+    lines = LineFile(tmp_path / "lines.jsonl")
+    auditor = auditors(exporters=[lines], brute_force_threshold=2)
+    built_here: list[str] = []
+    build = auditor._build_unsealed
+
+    def spy(item: object) -> Sequence[AuditEvent]:
+        events = build(item)
+        built_here.extend(event.action for event in events)
+        return events
+
+    auditor._build_unsealed = spy  # type: ignore[method-assign]
+    _records_of_every_kind(auditor)
+    assert auditor.force_flush(timeout=10)
+    crossed = [json.loads(line) for line in lines.path.read_bytes().splitlines()]
+    reference = make_auditor(brute_force_threshold=2)
+    _records_of_every_kind(reference)
+    expected = [event.to_dict() for event in reference.wait_for(9)]
+
+    alert = "security.brute_force.suspected"
+    assert [e["action"] for e in crossed] == [e["action"] for e in expected]
+    assert crossed[-1]["action"] == alert
+    for got, want in zip(crossed, expected, strict=True):
+        assert got["id"][14] == "7"  # a UUIDv7, made where the event was built
+        assert got["id"] != want["id"]
+        for key in ("id", "occurred_at", "integrity"):
+            del got[key], want[key]
+        if got["action"] == alert:  # failure ids and times differ between the two runs
+            del got["metadata"], want["metadata"]
+        assert got == want
+    # plain records crossed unbuilt; the others, and the brute-force watch, stayed here
+    assert built_here == [
+        "doc.shared",
+        "doc.exported",
+        "user.login.failed",
+        "user.login.failed",
+        alert,
+    ]
 
 
 # -- the process ----------------------------------------------------------------------------------
