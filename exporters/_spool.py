@@ -2,11 +2,15 @@
 after the object store acknowledged them.
 
 Layout: ``<spool>/<writer>/`` per process, holding an exclusive ``flock`` on ``<writer>/lock``
-for the process lifetime. ``open-*.seg`` files accumulate the JSON lines of one partition
-(appended and fsynced per batch); sealing compresses one into a ``*.obj`` file named for its
-final object key; the uploader removes a ``*.obj`` once stored. A directory whose lock can be
-taken belongs to a dead process (crash, SIGKILL, a replaced worker): its files are adopted,
-open segments sealed, and uploaded under their original keys, so nothing is lost or renamed.
+for the process lifetime. The open segments (one per partition) accumulate their JSON lines in
+a shared journal, ``journal-*.jnl``: each batch, whatever partitions it touches, is one
+append and one fsync (:meth:`Spool.batch`), each record naming its segment and object key.
+Sealing reads a segment's records back and compresses them into a ``*.obj`` file named for
+its final object key; a journal is deleted once every segment with records in it is sealed,
+and the uploader removes a ``*.obj`` once stored. A directory whose lock can be taken belongs
+to a dead process (crash, SIGKILL, a replaced worker): its files are adopted, the segments in
+its journals (or its ``open-*.seg`` files, the per-partition layout of earlier versions)
+sealed, and uploaded under their original keys, so nothing is lost or renamed.
 
 Without a directory the same API keeps everything in memory (lost if the process dies).
 """
@@ -16,18 +20,22 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import gzip
+import itertools
 import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any, Final
 
 import orjson
 
 __all__ = ["ChainSpan", "Sealed", "Spool", "SpoolFull"]
 
 _MAGIC = b"AUDITSPOOL1\n"
+_JOURNAL_MAGIC = b"AUDITJOURNAL1\n"
+#: A journal takes no more batches past this size; it is deleted once its segments are sealed.
+_JOURNAL_ROTATE: Final = 64 << 20
 
 
 class SpoolFull(Exception):
@@ -63,6 +71,37 @@ class Sealed:
     chain: ChainSpan | None = None
 
 
+class _Journal:
+    """One append-only file of records ``#[segment, key, length]\n`` + that many bytes of lines."""
+
+    __slots__ = ("committed", "end", "fd", "live", "path")
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        try:
+            _write_all(self.fd, _JOURNAL_MAGIC)
+            os.fsync(self.fd)
+            _fsync_dir(path.parent)
+        except OSError:
+            os.close(self.fd)
+            path.unlink(missing_ok=True)
+            raise
+        self.committed = self.end = len(_JOURNAL_MAGIC)  # end: with the uncommitted records
+        self.live: set[int] = set()  # open segments with records here
+
+    def read(self, offset: int, size: int) -> bytes:
+        parts = []
+        while size > 0:
+            chunk = os.pread(self.fd, size, offset)
+            if not chunk:
+                raise OSError(f"spool journal {self.path} is shorter than its records")
+            parts.append(chunk)
+            offset += len(chunk)
+            size -= len(chunk)
+        return b"".join(parts)
+
+
 @dataclass
 class _Open:
     """An accumulating segment of one partition."""
@@ -71,10 +110,27 @@ class _Open:
     events: int = 0
     size: int = 0
     created: float = 0.0
-    path: Path | None = None
-    lines: list[bytes] = field(default_factory=list)
+    path: Path | None = None  # an adopted segment file of the per-partition layout
+    lines: list[bytes] = field(default_factory=list)  # without a directory
     chain: ChainSpan | None = None
     unsorted: bool = False  # lines were appended out of seq order: sort them when sealing
+    ident: int = 0
+    chunks: list[tuple[_Journal, int, int]] = field(default_factory=list)  # (journal, at, size)
+
+
+@dataclass
+class _Undo:
+    """A segment as it was before an uncommitted append (restored if the batch fails)."""
+
+    partition: str
+    segment: _Open
+    created: bool
+    events: int
+    size: int
+    chunks: int
+    lines: int
+    chain: ChainSpan | None
+    unsorted: bool
 
 
 class Spool:
@@ -99,6 +155,17 @@ class Spool:
         self._lock_file: IO[bytes] | None = None
         self._dir: Path | None = None
         self._memory_state: dict[str, bytes] = {}
+        # Batches: appends are staged in _pending and written, once, when the outermost batch
+        # ends; every change to the open segments happens under _batch_lock.
+        self._batch_lock = threading.RLock()
+        self._depth = 0
+        self._pending: list[bytes] = []
+        self._undo: list[_Undo] = []
+        self._journal: _Journal | None = None  # where appends go
+        self._journals: list[_Journal] = []  # every journal with live segments, and the current
+        self._journal_ids = itertools.count(1)
+        self._segment_ids = itertools.count(1)
+        self._object_ids = itertools.count(1)
         if self.directory is not None:
             # The directory appears under its final name only once locked, so a process adopting
             # orphans at the same moment can never mistake a starting writer for a dead one.
@@ -126,6 +193,27 @@ class Spool:
             segment = self._open.get(partition)
             return 0 if segment is None else segment.events
 
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group appends (and seals) into one durable write: the journal is appended and
+        fsynced once, when the outermost batch ends. If the batch raises, or that write fails
+        (the error is raised), its uncommitted appends are undone, as if never made."""
+        with self._batch_lock:
+            self._depth += 1
+            try:
+                yield
+            except BaseException:
+                if self._depth == 1:
+                    with self._lock:
+                        self._rollback(abandon=False)
+                raise
+            else:
+                if self._depth == 1:
+                    with self._lock:
+                        self._commit()
+            finally:
+                self._depth -= 1
+
     def append(
         self,
         partition: str,
@@ -135,42 +223,130 @@ class Spool:
         chain: ChainSpan | None = None,
     ) -> _Open:
         """Append JSON lines to the partition's open segment (created, keyed by ``new_key()``,
-        when there is none); ``chain`` is where the lines stand in their hash chain."""
+        when there is none); ``chain`` is where the lines stand in their hash chain. Durable
+        when the enclosing :meth:`batch` ends (at once outside of one)."""
+        with self.batch(), self._lock:
+            return self._append(partition, new_key, lines, now, chain)
+
+    def _append(
+        self,
+        partition: str,
+        new_key: Callable[[], str],
+        lines: list[bytes],
+        now: float,
+        chain: ChainSpan | None,
+    ) -> _Open:
         data = b"".join(lines)
-        with self._lock:
-            if self._used + len(data) > self.max_bytes:
-                raise SpoolFull(f"spool at its cap of {self.max_bytes} bytes")
-            segment = self._open.get(partition)
-            if segment is None:
-                key = new_key()
-                segment = _Open(key=key, created=now)
-                if self._dir is not None:
-                    segment.path = self._dir / f"open-{len(self._open)}-{os.urandom(4).hex()}.seg"
-                    _write_new(segment.path, key.encode() + b"\n")
-                self._open[partition] = segment
-            if segment.path is not None:
-                with open(segment.path, "ab") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-            else:
-                segment.lines.append(data)
-            segment.events += len(lines)
-            segment.size += len(data)
-            self._used += len(data)
-            if chain is not None:
-                if segment.chain is not None and chain.first <= segment.chain.last:
-                    segment.unsorted = True
-                segment.chain = chain.merge(segment.chain)
-            return segment
+        if self._used + len(data) > self.max_bytes:
+            raise SpoolFull(f"spool at its cap of {self.max_bytes} bytes")
+        segment = self._open.get(partition)
+        created = segment is None
+        if segment is None:
+            segment = _Open(key=new_key(), created=now, ident=next(self._segment_ids))
+            self._open[partition] = segment
+        self._undo.append(
+            _Undo(
+                partition,
+                segment,
+                created,
+                segment.events,
+                segment.size,
+                len(segment.chunks),
+                len(segment.lines),
+                segment.chain,
+                segment.unsorted,
+            )
+        )
+        if self._dir is not None:
+            journal = self._current_journal()
+            header = b"#" + orjson.dumps([segment.ident, segment.key, len(data)]) + b"\n"
+            self._pending += (header, data)
+            segment.chunks.append((journal, journal.end + len(header), len(data)))
+            journal.end += len(header) + len(data)
+            journal.live.add(segment.ident)
+        else:
+            segment.lines.append(data)
+        segment.events += len(lines)
+        segment.size += len(data)
+        self._used += len(data)
+        if chain is not None:
+            if segment.chain is not None and chain.first <= segment.chain.last:
+                segment.unsorted = True
+            segment.chain = chain.merge(segment.chain)
+        return segment
+
+    def _current_journal(self) -> _Journal:
+        journal = self._journal
+        if journal is None:
+            assert self._dir is not None
+            journal = _Journal(self._dir / f"journal-{next(self._journal_ids):06d}.jnl")
+            self._journal = journal
+            self._journals.append(journal)
+        return journal
+
+    def _commit(self) -> None:
+        """Write and fsync the staged records (hold ``_lock``); undo them if that fails."""
+        if self._pending:
+            journal = self._journal
+            assert journal is not None
+            try:
+                _write_all(journal.fd, b"".join(self._pending))
+                os.fsync(journal.fd)
+            except OSError:
+                self._rollback(abandon=True)
+                raise
+            journal.committed = journal.end
+            self._pending.clear()
+            if journal.end >= _JOURNAL_ROTATE:
+                self._journal = None
+                self._release_journals()
+        self._undo.clear()
+
+    def _rollback(self, *, abandon: bool) -> None:
+        """Undo the staged appends (hold ``_lock``); ``abandon`` the current journal, whose end
+        may hold part of a failed write, for a new one."""
+        for undo in reversed(self._undo):
+            segment = undo.segment
+            for journal, _, _ in segment.chunks[undo.chunks :]:
+                if all(j is not journal for j, _, _ in segment.chunks[: undo.chunks]):
+                    journal.live.discard(segment.ident)
+            self._used -= segment.size - undo.size
+            del segment.chunks[undo.chunks :]
+            del segment.lines[undo.lines :]
+            segment.events, segment.size = undo.events, undo.size
+            segment.chain, segment.unsorted = undo.chain, undo.unsorted
+            if undo.created:
+                self._open.pop(undo.partition, None)
+        self._undo.clear()
+        self._pending.clear()
+        current = self._journal
+        if current is not None:
+            current.end = current.committed
+            if abandon:  # part of the failed write may be in it: cut it off, write elsewhere
+                self._journal = None
+                with contextlib.suppress(OSError):
+                    os.ftruncate(current.fd, current.committed)
+        self._release_journals()
+
+    def _release_journals(self) -> None:
+        """Delete the journals no open segment needs any more (hold ``_lock``)."""
+        for journal in list(self._journals):
+            if journal.live or (journal is self._journal and self._pending):
+                continue
+            if journal is self._journal:
+                self._journal = None
+            self._journals.remove(journal)
+            os.close(journal.fd)
+            journal.path.unlink(missing_ok=True)
 
     def seal(self, partition: str) -> Sealed | None:
-        """Compress the partition's open segment into an object ready for upload."""
-        with self._lock:
-            segment = self._open.pop(partition, None)
-            if segment is None:
+        """Compress the partition's open segment into an object ready for upload (inside a
+        batch, what the batch staged is written first)."""
+        with self._batch_lock, self._lock:
+            if partition not in self._open:
                 return None
-            return self._seal(segment)
+            self._commit()
+            return self._seal(self._open.pop(partition))
 
     def seal_all(self) -> list[Sealed]:
         with self._lock:
@@ -182,12 +358,16 @@ class Spool:
             return list(self._open.items())
 
     def _seal(self, segment: _Open, *, adopted: bool = False) -> Sealed | None:
-        raw = b"".join(segment.lines) if segment.path is None else _payload(segment.path)
+        if segment.path is not None:
+            raw = _payload(segment.path)
+        elif segment.chunks:
+            raw = b"".join(journal.read(at, size) for journal, at, size in segment.chunks)
+        else:
+            raw = b"".join(segment.lines)
         raw = raw[: raw.rfind(b"\n") + 1]  # a line torn by a crash mid-append is dropped
         if not raw:  # created by a process that died before its first line: nothing to store
             self._used -= segment.size
-            if segment.path is not None:
-                segment.path.unlink()
+            self._forget(segment)
             return None
         chain = segment.chain
         if adopted or segment.unsorted:  # rare: read the chain positions from the lines
@@ -195,17 +375,26 @@ class Spool:
         events = raw.count(b"\n")
         body = self.encode(raw)
         self._used += len(body) - segment.size
-        if segment.path is None:
+        if self._dir is None:
             sealed = Sealed(segment.key, len(body), body=body, events=events, chain=chain)
         else:
-            assert self._dir is not None
-            path = self._dir / (segment.path.stem.replace("open-", "obj-") + ".obj")
+            name = f"obj-{next(self._object_ids):06d}-{os.urandom(4).hex()}.obj"
+            path = self._dir / name
             _write_new(path, _header(segment.key, events, chain) + b"\n" + body)
-            segment.path.unlink()
             _fsync_dir(self._dir)
+            self._forget(segment)
             sealed = Sealed(segment.key, len(body), path=path, events=events, chain=chain)
         self._sealed.append(sealed)
         return sealed
+
+    def _forget(self, segment: _Open) -> None:
+        """A sealed (or empty) segment's files are no longer needed (hold ``_lock``)."""
+        if segment.path is not None:
+            segment.path.unlink()
+        if segment.chunks:
+            for journal, _, _ in segment.chunks:
+                journal.live.discard(segment.ident)
+            self._release_journals()
 
     # -- uploading -----------------------------------------------------------------------------
 
@@ -247,6 +436,7 @@ class Spool:
             with _dead_writer(other) as dead:
                 if not dead:
                     continue
+                adopted += self._adopt_journals(other)
                 for path in sorted(other.glob("*.seg")) + sorted(other.glob("*.obj")):
                     target = self._dir / f"{other.name}-{path.name}"
                     os.replace(path, target)
@@ -271,6 +461,19 @@ class Spool:
                 with contextlib.suppress(OSError):
                     other.rmdir()
         return adopted
+
+    def _adopt_journals(self, other: Path) -> int:
+        """Seal the segments in a dead writer's journals into objects here; return a count."""
+        segments: dict[int, tuple[str, list[bytes]]] = {}
+        for path in sorted(other.glob("*.jnl")):
+            for ident, key, data in _journal_records(path.read_bytes()):
+                segments.setdefault(ident, (key, []))[1].append(data)
+        for key, parts in segments.values():
+            raw = b"".join(parts)
+            with self._lock:
+                self._used += len(raw)
+                self._seal(_Open(key=key, size=len(raw), lines=[raw]), adopted=True)
+        return len(segments)
 
     def sealed(self) -> list[Sealed]:
         """The objects waiting for upload."""
@@ -320,6 +523,12 @@ class Spool:
             os.fsync(f.fileno())
 
     def close(self) -> None:
+        """Release the directory (its journals stay, for whoever adopts it)."""
+        with self._lock:
+            for journal in self._journals:
+                os.close(journal.fd)
+            self._journals.clear()
+            self._journal = None
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
@@ -343,6 +552,35 @@ def _dead_writer(directory: Path) -> Iterator[bool]:
         yield True
     finally:
         f.close()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _journal_records(data: bytes) -> Iterator[tuple[int, str, bytes]]:
+    """The records of a journal's bytes, up to the first one a crash left incomplete."""
+    if not data.startswith(_JOURNAL_MAGIC):
+        return
+    at = len(_JOURNAL_MAGIC)
+    while data.startswith(b"#", at):
+        eol = data.find(b"\n", at)
+        if eol < 0:
+            return
+        try:
+            fields: Any = orjson.loads(data[at + 1 : eol])
+            ident, key, size = fields
+        except (orjson.JSONDecodeError, TypeError, ValueError):
+            return
+        if type(ident) is not int or type(key) is not str or type(size) is not int or size < 0:
+            return
+        end = eol + 1 + size
+        if end > len(data):
+            return
+        yield ident, key, data[eol + 1 : end]
+        at = end
 
 
 def _write_new(path: Path, data: bytes) -> None:

@@ -242,22 +242,23 @@ class ArchiveExporter:
             org = GLOBAL_ORG if event.org_id is None else _partition_value(event.org_id)
             groups.setdefault((org, event.occurred_at[:10]), []).append((event, line))
         try:
-            for (org, day), unordered in groups.items():
-                pairs = _in_seq_order(unordered)
-                partition = f"{org}/{day}"
-                while pairs:  # no object holds more than max_events
-                    room = self.max_events - spool.open_events(partition)
-                    chunk, pairs = pairs[:room], pairs[room:]
-                    segment = spool.append(
-                        partition,
-                        _KeyMaker(self, org, day),
-                        [line for _, line in chunk],
-                        now,
-                        _span(chunk),
-                    )
-                    if segment.events >= self.max_events or segment.size >= self.max_bytes:
-                        spool.seal(partition)
-                        self._wake.set()
+            with spool.batch():  # every partition's lines in one journal write and fsync
+                for (org, day), unordered in groups.items():
+                    pairs = _in_seq_order(unordered)
+                    partition = f"{org}/{day}"
+                    while pairs:  # no object holds more than max_events
+                        room = self.max_events - spool.open_events(partition)
+                        chunk, pairs = pairs[:room], pairs[room:]
+                        segment = spool.append(
+                            partition,
+                            _KeyMaker(self, org, day),
+                            [line for _, line in chunk],
+                            now,
+                            _span(chunk),
+                        )
+                        if segment.events >= self.max_events or segment.size >= self.max_bytes:
+                            spool.seal(partition)
+                            self._wake.set()
         except SpoolFull:
             self._refused += len(batch)
             warn_limited(
