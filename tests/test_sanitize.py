@@ -14,12 +14,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from audit_middleware._sanitize import (
+    _TOKEN_RE,
     DEFAULT_HEADER_ALLOWLIST,
     DEFAULT_SECRET_KEY_PARTS,
     NEVER_RECORDED_HEADERS,
     REDACTED,
     JSONValue,
     Redactor,
+    _may_hold_token,
     clean_text,
     looks_like_secret_value,
 )
@@ -177,10 +179,33 @@ def test_clean_text_property_never_cuts_an_escape(value: str, max_length: int) -
         pytest.param("ghs_" + "Z" * 36, id="github-ghs"),
         pytest.param("github_pat_11ABCDEFG0123456789_abcdefghijklmnop", id="github-pat"),
         pytest.param("xoxb-123456789012-abcdefghij", id="slack"),
+        pytest.param("rk_live_" + "4eC39HqLyjWDarjt", id="stripe-restricted"),
+        pytest.param("key=AIza" + "SyA-" * 8 + "abc", id="google-api-key"),
     ],
 )
 def test_secret_values_detected(value: str) -> None:
     assert looks_like_secret_value(value)
+
+
+_TOKEN_PARTS = ["eyJ", "AKIA", "ASIA", "-----BEGIN ", "PRIVATE KEY-----", "sk_live_", "rk_test_",
+                "gh", "o_", "p_", "github_pat_", "xoxb-", "AIza", ".", " ", "_", "-"]  # fmt: skip
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.sampled_from(_TOKEN_PARTS),
+            st.text(alphabet=string.ascii_letters + string.digits, min_size=1, max_size=40),
+        ),
+        max_size=12,
+    ).map("".join)
+)
+def test_the_token_prefilter_never_hides_a_match(text: str) -> None:
+    # The substring check that spares ordinary text the token pattern rejects no text the
+    # pattern would match.
+    if _TOKEN_RE.search(text) is not None:
+        assert _may_hold_token(text)
 
 
 @pytest.mark.parametrize(
