@@ -67,7 +67,7 @@ class ArchiveExporter:
     """Write audit events to ``url`` (``s3://bucket/prefix`` or a directory)."""
 
     #: Batches from the pipeline come with each event's JSON line rendered, and batches that
-    #: queued up behind a slow write are merged into one (one write, one fsync per partition).
+    #: queued up behind a slow write are merged into one (one journal write and fsync).
     writes_lines = True
     merges_batches = True
 
