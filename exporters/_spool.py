@@ -36,6 +36,9 @@ _MAGIC = b"AUDITSPOOL1\n"
 _JOURNAL_MAGIC = b"AUDITJOURNAL1\n"
 #: A journal takes no more batches past this size; it is deleted once its segments are sealed.
 _JOURNAL_ROTATE: Final = 64 << 20
+#: Journals kept at most: before one more is started, the open segments with records in the
+#: oldest are sealed early, so that a quiet partition cannot keep old journals on disk.
+_MAX_JOURNALS: Final = 4
 
 
 class SpoolFull(Exception):
@@ -131,6 +134,7 @@ class _Undo:
     lines: int
     chain: ChainSpan | None
     unsorted: bool
+    used: int  # the spool's bytes
 
 
 class Spool:
@@ -237,12 +241,17 @@ class Spool:
         chain: ChainSpan | None,
     ) -> _Open:
         data = b"".join(lines)
-        if self._used + len(data) > self.max_bytes:
-            raise SpoolFull(f"spool at its cap of {self.max_bytes} bytes")
+        journal = None if self._dir is None else self._current_journal()
         segment = self._open.get(partition)
         created = segment is None
         if segment is None:
             segment = _Open(key=new_key(), created=now, ident=next(self._segment_ids))
+        header = b""
+        if journal is not None:
+            header = b"#" + orjson.dumps([segment.ident, segment.key, len(data)]) + b"\n"
+        if self._used + len(header) + len(data) > self.max_bytes:
+            raise SpoolFull(f"spool at its cap of {self.max_bytes} bytes")
+        if created:
             self._open[partition] = segment
         self._undo.append(
             _Undo(
@@ -255,11 +264,10 @@ class Spool:
                 len(segment.lines),
                 segment.chain,
                 segment.unsorted,
+                self._used,
             )
         )
-        if self._dir is not None:
-            journal = self._current_journal()
-            header = b"#" + orjson.dumps([segment.ident, segment.key, len(data)]) + b"\n"
+        if journal is not None:
             self._pending += (header, data)
             segment.chunks.append((journal, journal.end + len(header), len(data)))
             journal.end += len(header) + len(data)
@@ -268,7 +276,7 @@ class Spool:
             segment.lines.append(data)
         segment.events += len(lines)
         segment.size += len(data)
-        self._used += len(data)
+        self._used += len(header) + len(data)  # journals count as they are on disk
         if chain is not None:
             if segment.chain is not None and chain.first <= segment.chain.last:
                 segment.unsorted = True
@@ -277,8 +285,15 @@ class Spool:
 
     def _current_journal(self) -> _Journal:
         journal = self._journal
-        if journal is None:
+        if journal is None:  # nothing is staged (hold _lock)
             assert self._dir is not None
+            assert not self._pending
+            while len(self._journals) >= _MAX_JOURNALS:
+                oldest = self._journals[0]
+                for partition in [p for p, s in self._open.items() if s.ident in oldest.live]:
+                    self._seal(self._open.pop(partition))
+                if self._journals and self._journals[0] is oldest:
+                    break  # not released: never the case, as no record in it is staged
             journal = _Journal(self._dir / f"journal-{next(self._journal_ids):06d}.jnl")
             self._journal = journal
             self._journals.append(journal)
@@ -310,13 +325,13 @@ class Spool:
             for journal, _, _ in segment.chunks[undo.chunks :]:
                 if all(j is not journal for j, _, _ in segment.chunks[: undo.chunks]):
                     journal.live.discard(segment.ident)
-            self._used -= segment.size - undo.size
+            self._used = undo.used
             del segment.chunks[undo.chunks :]
             del segment.lines[undo.lines :]
             segment.events, segment.size = undo.events, undo.size
             segment.chain, segment.unsorted = undo.chain, undo.unsorted
-            if undo.created:
-                self._open.pop(undo.partition, None)
+            if undo.created and self._open.get(undo.partition) is segment:
+                del self._open[undo.partition]
         self._undo.clear()
         self._pending.clear()
         current = self._journal
@@ -338,6 +353,7 @@ class Spool:
             self._journals.remove(journal)
             os.close(journal.fd)
             journal.path.unlink(missing_ok=True)
+            self._used -= journal.committed - len(_JOURNAL_MAGIC)
 
     def seal(self, partition: str) -> Sealed | None:
         """Compress the partition's open segment into an object ready for upload (inside a
@@ -365,8 +381,10 @@ class Spool:
         else:
             raw = b"".join(segment.lines)
         raw = raw[: raw.rfind(b"\n") + 1]  # a line torn by a crash mid-append is dropped
+        # A journal's bytes count until the journal is deleted; other lines until sealed.
+        held = 0 if segment.chunks else segment.size
         if not raw:  # created by a process that died before its first line: nothing to store
-            self._used -= segment.size
+            self._used -= held
             self._forget(segment)
             return None
         chain = segment.chain
@@ -374,7 +392,7 @@ class Spool:
             raw, chain = _in_chain_order(raw)
         events = raw.count(b"\n")
         body = self.encode(raw)
-        self._used += len(body) - segment.size
+        self._used += len(body) - held
         if self._dir is None:
             sealed = Sealed(segment.key, len(body), body=body, events=events, chain=chain)
         else:

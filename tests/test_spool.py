@@ -166,6 +166,25 @@ def test_a_journal_is_deleted_once_every_segment_in_it_is_sealed(
     assert spool.used_bytes == sum(s.size for s in spool.sealed())
 
 
+def test_a_quiet_partition_cannot_keep_old_journals_on_disk(
+    spools: Callable[..., Spool], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_spool, "_JOURNAL_ROTATE", 1)  # a new journal after every batch
+    spool = spools()
+    spool.append("quiet", _key("quiet"), _lines("q", 1), now=0.0)
+    for n in range(3):
+        spool.append("busy", _key("busy"), _lines(f"b{n}", 2), now=0.0)
+    assert len(_journals(spool)) == 4
+    assert spool.sealed() == []
+    spool.append("busy", _key("busy"), _lines("b3", 2), now=0.0)  # a fifth journal is due
+    assert len(_journals(spool)) == 4  # the oldest went: the quiet segment in it was sealed
+    assert _objects(spool) == {"quiet/object.jsonl": b"".join(_lines("q", 1))}
+    assert spool.open_events("busy") == 8
+    # the cap counts what is on disk: the journals as they are, and the sealed objects
+    on_disk = sum(p.stat().st_size - len(_spool._JOURNAL_MAGIC) for p in _journals(spool))
+    assert spool.used_bytes == on_disk + sum(s.size for s in spool.sealed())
+
+
 def test_a_seal_inside_a_batch_writes_what_the_batch_staged_first(
     spools: Callable[..., Spool],
 ) -> None:
