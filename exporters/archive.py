@@ -237,28 +237,35 @@ class ArchiveExporter:
                 return ExportResult.SUCCESS
         spool = self._ensure_started()
         now = time.time()
-        groups: dict[tuple[str, str], list[tuple[AuditEvent, bytes]]] = {}
+        groups: dict[tuple[str | None, str], tuple[list[AuditEvent], list[bytes]]] = {}
         for event, line in zip(batch, batch_lines(batch), strict=True):
-            org = GLOBAL_ORG if event.org_id is None else _partition_value(event.org_id)
-            groups.setdefault((org, event.occurred_at[:10]), []).append((event, line))
+            key = (event.org_id, event.occurred_at[:10])
+            group = groups.get(key)
+            if group is None:
+                groups[key] = ([event], [line])
+            else:
+                group[0].append(event)
+                group[1].append(line)
         try:
             with spool.batch():  # every partition's lines in one journal write and fsync
-                for (org, day), unordered in groups.items():
-                    pairs = _in_seq_order(unordered)
+                for (org_id, day), (unordered, unordered_lines) in groups.items():
+                    events, lines = _in_seq_order(unordered, unordered_lines)
+                    org = GLOBAL_ORG if org_id is None else _partition_value(org_id)
                     partition = f"{org}/{day}"
-                    while pairs:  # no object holds more than max_events
-                        room = self.max_events - spool.open_events(partition)
-                        chunk, pairs = pairs[:room], pairs[room:]
+                    start = 0
+                    while start < len(events):  # no object holds more than max_events
+                        end = start + self.max_events - spool.open_events(partition)
                         segment = spool.append(
                             partition,
                             _KeyMaker(self, org, day),
-                            [line for _, line in chunk],
+                            lines[start:end],
                             now,
-                            _span(chunk),
+                            _span(events[start], events[min(end, len(events)) - 1]),
                         )
                         if segment.events >= self.max_events or segment.size >= self.max_bytes:
                             spool.seal(partition)
                             self._wake.set()
+                        start = end
         except SpoolFull:
             self._refused += len(batch)
             warn_limited(
@@ -451,23 +458,27 @@ class _KeyMaker:
         return self._exporter._next_key(self._org, self._day)
 
 
-def _span(pairs: Sequence[tuple[AuditEvent, bytes]]) -> ChainSpan | None:
-    """The chain span of events of one stream in ascending ``seq`` (None without integrity)."""
-    first, last = pairs[0][0].integrity, pairs[-1][0].integrity
+def _span(first_event: AuditEvent, last_event: AuditEvent) -> ChainSpan | None:
+    """The chain span from ``first_event`` to ``last_event``, of one stream in ascending ``seq``
+    (None without integrity)."""
+    first, last = first_event.integrity, last_event.integrity
     if first is None or last is None:
         return None
     return ChainSpan(first["stream"], first["seq"], last["seq"], last["hash"])
 
 
-def _in_seq_order(pairs: list[tuple[AuditEvent, bytes]]) -> list[tuple[AuditEvent, bytes]]:
-    """``(event, line)`` pairs sorted by chain position when the events carry one and are not
-    already in order."""
-    if pairs[0][0].integrity is None:
-        return pairs
-    seqs = [e.integrity["seq"] if e.integrity is not None else 0 for e, _ in pairs]
-    if all(a < b for a, b in itertools.pairwise(seqs)):
-        return pairs
-    return [p for _, p in sorted(zip(seqs, pairs, strict=True), key=lambda p: p[0])]
+def _in_seq_order(
+    events: list[AuditEvent], lines: list[bytes]
+) -> tuple[list[AuditEvent], list[bytes]]:
+    """Events and their lines sorted by chain position when the events carry one and are not
+    already in order (stable: lines without one first)."""
+    if events[0].integrity is None:
+        return events, lines
+    seqs = [0 if e.integrity is None else e.integrity["seq"] for e in events]
+    if seqs == sorted(seqs):
+        return events, lines
+    order = sorted(range(len(seqs)), key=seqs.__getitem__)
+    return [events[i] for i in order], [lines[i] for i in order]
 
 
 def _encode_parquet(raw: bytes) -> bytes:
