@@ -454,7 +454,10 @@ class Spool:
             with _dead_writer(other) as dead:
                 if not dead:
                     continue
-                adopted += self._adopt_journals(other)
+                # A segment sealed before the crash may still have records in a journal that
+                # other segments kept: its object is adopted below, not sealed a second time.
+                objects = {_header_of(path)[0] for path in other.glob("*.obj")}
+                adopted += self._adopt_journals(other, objects)
                 for path in sorted(other.glob("*.seg")) + sorted(other.glob("*.obj")):
                     target = self._dir / f"{other.name}-{path.name}"
                     os.replace(path, target)
@@ -480,12 +483,14 @@ class Spool:
                     other.rmdir()
         return adopted
 
-    def _adopt_journals(self, other: Path) -> int:
-        """Seal the segments in a dead writer's journals into objects here; return a count."""
+    def _adopt_journals(self, other: Path, sealed_keys: set[str]) -> int:
+        """Seal the segments in a dead writer's journals into objects here, but for those whose
+        key is in ``sealed_keys``; return a count."""
         segments: dict[int, tuple[str, list[bytes]]] = {}
         for path in sorted(other.glob("*.jnl")):
             for ident, key, data in _journal_records(path.read_bytes()):
-                segments.setdefault(ident, (key, []))[1].append(data)
+                if key not in sealed_keys:
+                    segments.setdefault(ident, (key, []))[1].append(data)
         for key, parts in segments.values():
             raw = b"".join(parts)
             with self._lock:

@@ -150,6 +150,19 @@ def test_a_record_torn_by_a_crash_is_dropped_and_the_records_before_it_kept(
     }
 
 
+def test_a_segment_sealed_before_a_crash_is_adopted_once(spools: Callable[..., Spool]) -> None:
+    dead = spools("dead")
+    dead.append("org_a", _key("org_a"), _lines("a", 2), now=0.0)
+    dead.append("org_b", _key("org_b"), _lines("b", 1), now=0.0)
+    dead.seal("org_a")  # its object waits for upload; org_b keeps the journal
+    assert len(_journals(dead)) == 1
+    dead.close()
+    survivor = spools("w2")
+    assert survivor.adopt_orphans() == 2
+    assert sorted(s.key for s in survivor.sealed()) == ["org_a/object.jsonl", "org_b/object.jsonl"]
+    assert _objects(survivor)["org_a/object.jsonl"] == b"".join(_lines("a", 2))
+
+
 def test_a_journal_is_deleted_once_every_segment_in_it_is_sealed(
     spools: Callable[..., Spool], monkeypatch: pytest.MonkeyPatch
 ) -> None:
