@@ -134,6 +134,8 @@ class ArchiveExporter:
         self._spool: Spool | None = None
         self._thread: threading.Thread | None = None
         self._written_through: dict[str, None] = {}
+        self._strict_lock = threading.Lock()  # one strict write at a time; the rest queue up
+        self._strict_waiting: list[_StrictWrite] = []
         self._digests = DigestKeeper(self, signing_key, digest_interval)
         if spool_dir is not None:
             self._ensure_started()  # replay what stopped processes left behind, right away
@@ -215,8 +217,23 @@ class ArchiveExporter:
 
     def write_through(self, events: Sequence[AuditEvent]) -> None:
         """Strict mode: append ``events`` to the disk spool now (fsynced) or raise; the same
-        events arriving later through ``export`` are skipped."""
-        if self.export(events) is not ExportResult.SUCCESS:
+        events arriving later through ``export`` are skipped. Concurrent calls share a write
+        (group commit): whoever writes next takes every call waiting by then, in one batch."""
+        mine = _StrictWrite(events)
+        with self._lock:
+            self._strict_waiting.append(mine)
+        with self._strict_lock:
+            if not mine.done:
+                with self._lock:
+                    group, self._strict_waiting = self._strict_waiting, []
+                ok = False
+                try:
+                    batch = [event for write in group for event in write.events]
+                    ok = self.export(batch) is ExportResult.SUCCESS
+                finally:
+                    for write in group:
+                        write.ok, write.done = ok, True
+        if not mine.ok:
             raise OSError("audit archive: could not spool events durably")
         with self._lock:
             for event in events:
@@ -446,6 +463,17 @@ class ArchiveExporter:
 
     _give_up_at = float("inf")
     _writer = ""
+
+
+class _StrictWrite:
+    """A strict-mode call waiting for its events to be on disk."""
+
+    __slots__ = ("done", "events", "ok")
+
+    def __init__(self, events: Sequence[AuditEvent]) -> None:
+        self.events = events
+        self.done = False
+        self.ok = False
 
 
 class _KeyMaker:

@@ -26,7 +26,7 @@ from starlette.testclient import TestClient
 from audit_middleware import AuditConfigError, AuditMiddleware, AuditWSGIMiddleware
 from exporters import InMemoryExporter
 from exporters.archive import ArchiveExporter
-from tests.conftest import MemoryAuditor
+from tests.conftest import MemoryAuditor, eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -176,3 +176,89 @@ def test_wsgi_strict_holds_the_last_chunk_until_the_event_is_on_disk(
         order.append(chunk.decode())
     body.close()  # type: ignore[attr-defined]
     assert order == ["a", "b", "spooled", "c"]
+
+
+def _strict_writers(
+    archive: ArchiveExporter, events: list[Any], held: threading.Event
+) -> tuple[list[threading.Thread], list[BaseException | None]]:
+    """One thread per event calling ``write_through``, started while the first write is held."""
+    results: list[BaseException | None] = [None] * len(events)
+
+    def write(i: int) -> None:
+        try:
+            archive.write_through([events[i]])
+        except BaseException as exc:  # reported to the test
+            results[i] = exc
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(len(events))]
+    threads[0].start()
+    assert held.wait(5), "the first strict write never reached its fsync"
+    for thread in threads[1:]:
+        thread.start()
+    assert eventually(lambda: len(archive._strict_waiting) == len(events) - 1)
+    return threads, results
+
+
+def _events(make_auditor: Callable[..., MemoryAuditor], n: int) -> list[Any]:
+    auditor = make_auditor()
+    for i in range(n):
+        auditor.record("doc.updated", org_id=f"org_{i % 3}")
+    return list(auditor.wait_for(n))
+
+
+def test_concurrent_strict_writes_share_one_journal_fsync(
+    make_auditor: Callable[..., MemoryAuditor], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events = _events(make_auditor, 9)
+    archive = ArchiveExporter(str(tmp_path / "archive"), spool_dir=tmp_path / "spool", max_age=3600)
+    archive.write_through(events[:1])  # the spool and its journal exist
+    synced: list[int] = []
+    held, release = threading.Event(), threading.Event()
+    fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        synced.append(fd)
+        held.set()
+        release.wait(5)  # the first write holds here while the others queue up
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    threads, results = _strict_writers(archive, events[1:], held)
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    monkeypatch.undo()
+    assert results == [None] * 8
+    assert len(synced) == 2  # the first write, then the seven that waited behind it, at once
+    assert archive.stats().spooled_events == 9
+    archive.shutdown(timeout=5)
+
+
+def test_a_failed_group_write_fails_every_strict_call_in_it(
+    make_auditor: Callable[..., MemoryAuditor], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events = _events(make_auditor, 5)
+    archive = ArchiveExporter(str(tmp_path / "archive"), spool_dir=tmp_path / "spool", max_age=3600)
+    archive.write_through(events[:1])
+    held, release = threading.Event(), threading.Event()
+    fsync, calls = os.fsync, [0]
+
+    def failing_second_fsync(fd: int) -> None:
+        calls[0] += 1
+        if calls[0] == 1:
+            held.set()
+            release.wait(5)
+            fsync(fd)
+            return
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", failing_second_fsync)
+    threads, results = _strict_writers(archive, events[1:], held)
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    monkeypatch.undo()
+    assert results[0] is None
+    assert all(isinstance(exc, OSError) for exc in results[1:])
+    assert archive.stats().spooled_events == 2  # the failed group's events were not counted
+    archive.shutdown(timeout=5)
