@@ -163,11 +163,15 @@ def test_a_segment_sealed_before_a_crash_is_adopted_once(spools: Callable[..., S
     assert _objects(survivor)["org_a/object.jsonl"] == b"".join(_lines("a", 2))
 
 
-def test_a_journal_is_deleted_once_every_segment_in_it_is_sealed(
-    spools: Callable[..., Spool], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(_spool, "_JOURNAL_ROTATE", 1)  # a new journal after every batch
-    spool = spools()
+@pytest.fixture
+def rotating(spools: Callable[..., Spool], monkeypatch: pytest.MonkeyPatch) -> Spool:
+    """A spool that starts a new journal after every batch."""
+    monkeypatch.setattr(_spool, "_JOURNAL_ROTATE", 1)
+    return spools()
+
+
+def test_a_journal_is_deleted_once_every_segment_in_it_is_sealed(rotating: Spool) -> None:
+    spool = rotating
     spool.append("org_a", _key("org_a"), _lines("a", 1), now=0.0)
     spool.append("org_b", _key("org_b"), _lines("b", 1), now=0.0)
     spool.append("org_a", _key("org_a"), _lines("a2", 1), now=0.0)
@@ -179,11 +183,8 @@ def test_a_journal_is_deleted_once_every_segment_in_it_is_sealed(
     assert spool.used_bytes == sum(s.size for s in spool.sealed())
 
 
-def test_a_quiet_partition_cannot_keep_old_journals_on_disk(
-    spools: Callable[..., Spool], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(_spool, "_JOURNAL_ROTATE", 1)  # a new journal after every batch
-    spool = spools()
+def test_a_quiet_partition_cannot_keep_old_journals_on_disk(rotating: Spool) -> None:
+    spool = rotating
     spool.append("quiet", _key("quiet"), _lines("q", 1), now=0.0)
     for n in range(3):
         spool.append("busy", _key("busy"), _lines(f"b{n}", 2), now=0.0)

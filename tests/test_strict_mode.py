@@ -179,9 +179,10 @@ def test_wsgi_strict_holds_the_last_chunk_until_the_event_is_on_disk(
 
 
 def _strict_writers(
-    archive: ArchiveExporter, events: list[Any], held: threading.Event
-) -> tuple[list[threading.Thread], list[BaseException | None]]:
-    """One thread per event calling ``write_through``, started while the first write is held."""
+    archive: ArchiveExporter, events: list[Any], held: threading.Event, release: threading.Event
+) -> list[BaseException | None]:
+    """One thread per event calling ``write_through``: the first holds in its fsync (``held``)
+    until the others queue up behind it, then ``release``; what each call raised."""
     results: list[BaseException | None] = [None] * len(events)
 
     def write(i: int) -> None:
@@ -196,7 +197,10 @@ def _strict_writers(
     for thread in threads[1:]:
         thread.start()
     assert eventually(lambda: len(archive._strict_waiting) == len(events) - 1)
-    return threads, results
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    return results
 
 
 def _events(make_auditor: Callable[..., MemoryAuditor], n: int) -> list[Any]:
@@ -223,10 +227,7 @@ def test_concurrent_strict_writes_share_one_journal_fsync(
         fsync(fd)
 
     monkeypatch.setattr(os, "fsync", slow_fsync)
-    threads, results = _strict_writers(archive, events[1:], held)
-    release.set()
-    for thread in threads:
-        thread.join(10)
+    results = _strict_writers(archive, events[1:], held, release)
     monkeypatch.undo()
     assert results == [None] * 8
     assert len(synced) == 2  # the first write, then the seven that waited behind it, at once
@@ -253,10 +254,7 @@ def test_a_failed_group_write_fails_every_strict_call_in_it(
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(os, "fsync", failing_second_fsync)
-    threads, results = _strict_writers(archive, events[1:], held)
-    release.set()
-    for thread in threads:
-        thread.join(10)
+    results = _strict_writers(archive, events[1:], held, release)
     monkeypatch.undo()
     assert results[0] is None
     assert all(isinstance(exc, OSError) for exc in results[1:])
