@@ -212,7 +212,17 @@ class Unpacker:
                 )  # fmt: skip
             request = _new_tuple(
                 RequestInfo,
-                (*flat_request[:7], _EMPTY if query is None else query, headers),
+                (
+                    flat_request[0],
+                    flat_request[1],
+                    flat_request[2],
+                    flat_request[3],
+                    flat_request[4],
+                    flat_request[5],
+                    flat_request[6],
+                    _EMPTY if query is None else query,
+                    headers,
+                ),
             )
         client = None
         if flat[8] is not None:
