@@ -31,13 +31,12 @@ from audit_middleware._event import (
     Outcome,
     RequestInfo,
     Target,
-    outcome_for_status,
 )
 from audit_middleware._ids import format_timestamp, uuid7
 from audit_middleware._jwt import JWTVerifier, bearer_token
 from audit_middleware._rules import Rule, RuleMatch, RuleSet, Source
 from audit_middleware._sanitize import NEVER_RECORDED_HEADERS, REDACTED, Redactor, clean_text
-from audit_middleware._views import RequestView, request_view
+from audit_middleware._views import RequestView, outcome_for_status, request_view
 
 __all__ = ["ActorKey", "EventBuilder", "ExplicitRecord", "actor_key", "new_target"]
 
@@ -144,9 +143,10 @@ class EventBuilder:
         rule = match.rule
         action = ctx.action
         if action is None and rule is not None:
-            action = rule.action_for(status, outcome)
-            if rule.action is None:
+            spec = rule.action
+            if spec is None:
                 return None  # the rule says: never audit this route
+            action = spec if type(spec) is str else rule.action_for(status, outcome)
         if action is None:
             action = self.rules.default_action(view.method)
             if action is None:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final, Literal, NamedTuple
 
+from audit_middleware._views import outcome_for_status  # compiled with the builder that calls it
+
 __all__ = [
     "ACTOR_TYPES",
     "OUTCOMES",
@@ -29,21 +31,6 @@ Outcome = Literal["success", "denied", "failure", "error"]
 ActorType = Literal["user", "api_key", "service", "anonymous"]
 OUTCOMES: Final[tuple[Outcome, ...]] = ("success", "denied", "failure", "error")
 ACTOR_TYPES: Final[tuple[ActorType, ...]] = ("user", "api_key", "service", "anonymous")
-
-
-def outcome_for_status(status: int, *, raised: bool = False) -> Outcome:
-    """Map an HTTP status (and whether the app raised) to an outcome.
-
-    ``success`` for 1xx-3xx, ``denied`` for 401/403, ``failure`` for other 4xx,
-    ``error`` for 5xx, a missing status (0) or an exception.
-    """
-    if raised or status >= 500 or status < 100:
-        return "error"
-    if status < 400:
-        return "success"
-    if status in (401, 403):
-        return "denied"
-    return "failure"
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,12 +6,16 @@ import contextlib
 import re
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
+
+if TYPE_CHECKING:
+    from audit_middleware._event import Outcome
 
 __all__ = [
     "RequestView",
     "asgi_view",
     "method_text",
+    "outcome_for_status",
     "request_view",
     "route_template",
     "status_number",
@@ -36,7 +40,7 @@ _new_view: Final = tuple.__new__
 _NO_PARAMS: Final[Mapping[str, Any]] = MappingProxyType({})
 
 
-def route_template(scope: Mapping[str, Any]) -> str | None:
+def route_template(scope: dict[str, Any]) -> str | None:
     """The framework's route template (Starlette/FastAPI ``scope["route"]``), mount prefix included.
 
     Starlette overwrites ``scope["route"]`` with the innermost route; the concrete part of
@@ -62,13 +66,15 @@ def asgi_view(scope: Mapping[str, Any]) -> RequestView:
     text and back, malformed header items dropped) rather than failing the event: the builder
     and its compiled form rely on those types.
     """
-    client = scope.get("client")
+    # Scopes are dicts (the spec says so): typed as one, each read is a direct dict lookup.
+    fields: dict[str, Any] = scope if type(scope) is dict else dict(scope)
+    client = fields.get("client")
     host = client[0] if client and (type(client) is tuple or type(client) is list) else None
-    params = scope.get("path_params")
-    method = scope.get("method", "GET")
-    path = scope.get("path", "")
-    query = scope.get("query_string")
-    headers = scope.get("headers")
+    params = fields.get("path_params")
+    method = fields.get("method", "GET")
+    path = fields.get("path", "")
+    query = fields.get("query_string")
+    headers = fields.get("headers")
     return _new_view(  # RequestView(...) without the named tuple's Python-level __new__
         RequestView,
         (
@@ -78,7 +84,7 @@ def asgi_view(scope: Mapping[str, Any]) -> RequestView:
             headers if _well_formed(headers) else _header_pairs(headers),
             host if type(host) is str or isinstance(host, str) else None,
             params if type(params) is dict or isinstance(params, Mapping) else _NO_PARAMS,
-            route_template(scope) if "route" in scope else None,
+            route_template(fields) if "route" in fields else None,
         ),
     )
 
@@ -86,6 +92,21 @@ def asgi_view(scope: Mapping[str, Any]) -> RequestView:
 def method_text(value: object) -> str:
     """A scope's ``method`` as text (a buggy server's bytes decoded; missing: ``GET``)."""
     return value if type(value) is str else _text(value, "GET")
+
+
+def outcome_for_status(status: int, *, raised: bool = False) -> Outcome:
+    """Map an HTTP status (and whether the app raised) to an outcome.
+
+    ``success`` for 1xx-3xx, ``denied`` for 401/403, ``failure`` for other 4xx,
+    ``error`` for 5xx, a missing status (0) or an exception.
+    """
+    if raised or status >= 500 or status < 100:
+        return "error"
+    if status < 400:
+        return "success"
+    if status in (401, 403):
+        return "denied"
+    return "failure"
 
 
 def status_number(value: object) -> int:
