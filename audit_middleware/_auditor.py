@@ -132,6 +132,7 @@ class Auditor:
             self.rules = RuleSet(all_rules, policy)
         except ValueError as exc:
             raise AuditConfigError(f"rules: {exc}") from exc
+        self._audited_methods = self.rules.audited_methods  # read on every request
         sources = config.org_sources or (from_file.org_sources if from_file else ())
         self.redactor = Redactor(
             extra_secret_keys=config.redact_keys, header_allowlist=config.headers
@@ -219,10 +220,19 @@ class Auditor:
             for event in ctx.strict_events:
                 self.pipeline.submit(event)
             return
-        if not self.may_audit(ctx):
+        # may_audit, _resolve and _submit, with their common cases inline: this runs for every
+        # request, on the request path.
+        if ctx.skip:
             return
-        self._resolve(ctx)
-        self._submit(ctx)
+        methods = self._audited_methods
+        if ctx.action is None and methods is not None and ctx.method not in methods:
+            return
+        if not self._user_only or ctx.scope.get("user") is not None:
+            self._resolve(ctx)
+        if _hooks.state.inline:
+            self._submit(ctx)
+        else:
+            self.pipeline.submit(ctx)
 
     def may_audit(self, ctx: RequestContext) -> bool:
         """Cheap check: can this request produce an event (handler hints, rules, policy)?"""

@@ -212,14 +212,15 @@ class RuleSet:
         self.response_header_methods: frozenset[str] = frozenset(
             r.method for r in self.rules if any(s.kind == "response_header" for s in r.sources)
         )
+        #: The methods a rule or the policy may audit; None: every method.
+        self.audited_methods: frozenset[str] | None = None
+        if "*" not in self.rule_methods and unmatched != "all":
+            policy = STATE_CHANGING_METHODS if unmatched == "state_changing" else frozenset()
+            self.audited_methods = self.rule_methods | policy
 
     def may_audit(self, method: str) -> bool:
         """Cheap pre-check on the request path: can any rule or the policy audit ``method``?"""
-        if "*" in self.rule_methods or method in self.rule_methods:
-            return True
-        return self.unmatched == "all" or (
-            self.unmatched == "state_changing" and method in STATE_CHANGING_METHODS
-        )
+        return self.audited_methods is None or method in self.audited_methods
 
     def match(self, method: str, route: str | None, path: str) -> RuleMatch:
         """Find the rule for this request; the framework's template wins over path matching."""
