@@ -132,7 +132,6 @@ class Auditor:
             self.rules = RuleSet(all_rules, policy)
         except ValueError as exc:
             raise AuditConfigError(f"rules: {exc}") from exc
-        self._audited_methods = self.rules.audited_methods  # read on every request
         sources = config.org_sources or (from_file.org_sources if from_file else ())
         self.redactor = Redactor(
             extra_secret_keys=config.redact_keys, header_allowlist=config.headers
@@ -220,13 +219,9 @@ class Auditor:
             for event in ctx.strict_events:
                 self.pipeline.submit(event)
             return
-        # may_audit, _resolve and _submit, with their common cases inline: this runs for every
-        # request, on the request path.
-        if ctx.skip:
+        if not self.may_audit(ctx):
             return
-        methods = self._audited_methods
-        if ctx.action is None and methods is not None and ctx.method not in methods:
-            return
+        # _resolve and _submit, with their common cases inline: this runs for every request.
         if not self._user_only or ctx.scope.get("user") is not None:
             self._resolve(ctx)
         if _hooks.state.inline:
@@ -236,7 +231,8 @@ class Auditor:
 
     def may_audit(self, ctx: RequestContext) -> bool:
         """Cheap check: can this request produce an event (handler hints, rules, policy)?"""
-        return not ctx.skip and (ctx.action is not None or self.rules.may_audit(ctx.method))
+        methods = self.rules.audited_methods  # RuleSet.may_audit, without the call
+        return not ctx.skip and (ctx.action is not None or methods is None or ctx.method in methods)
 
     def make_durable(self, ctx: RequestContext) -> None:
         """Strict mode, before the response's last byte: build the event and write it to every
