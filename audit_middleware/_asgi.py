@@ -99,7 +99,8 @@ class AuditMiddleware:
                 keep_request_chunk(ctx, message.get("body", b""))
             return message
 
-        token = _current.set(ctx)
+        slot: list[RequestContext | None] = [ctx]
+        token = _current.set(slot)
         try:
             await self.app(scope, audit_receive, audit_send)
         except BaseException as exc:
@@ -107,6 +108,7 @@ class AuditMiddleware:
             raise
         finally:
             _current.reset(token)
+            slot[0] = None  # contexts copied during the request no longer lead to it
             if not ctx.duration_ns:
                 ctx.duration_ns = perf_counter_ns() - start
             try:

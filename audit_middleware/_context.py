@@ -59,14 +59,20 @@ class RequestContext:
         self.started_ns = started_ns
 
 
-_current: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar(
+#: The request being handled, in a one-item list the middleware empties when the request ends.
+#: A context copied during the request outlives it: uvicorn's keep-alive timer, created as the
+#: response ends, holds a copy until the timer heap is purged, long after the next request.
+#: Holding the request's state directly, such copies would keep every recent request's scope
+#: alive, and the collector would run each time a batch of them is freed at once.
+_current: contextvars.ContextVar[list[RequestContext | None] | None] = contextvars.ContextVar(
     "audit_middleware_request", default=None
 )
 
 
 def current_context() -> RequestContext | None:
     """The audit state of the request being handled, or None outside a request."""
-    return _current.get()
+    slot = _current.get()
+    return None if slot is None else slot[0]
 
 
 def org_was_set(ctx: RequestContext) -> bool:

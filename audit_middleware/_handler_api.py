@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from audit_middleware._context import RequestContext, _current
+from audit_middleware._context import RequestContext, current_context
 from audit_middleware._event import Actor, ActorType, Target
 from audit_middleware._rules import is_valid_action
 from audit_middleware._warn import warn_limited
@@ -25,7 +25,7 @@ def _text(value: object) -> str | None:
 
 
 def _context_or_warn(what: str) -> RequestContext | None:
-    ctx = _current.get()
+    ctx = current_context()
     if ctx is None:
         warn_limited(
             f"outside:{what}",

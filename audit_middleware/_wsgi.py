@@ -70,14 +70,15 @@ class AuditWSGIMiddleware:
                 ctx.response_headers = headers
             return start_response(status, headers, exc_info)
 
-        token = _current.set(ctx)
+        slot: list[RequestContext | None] = [ctx]
+        token = _current.set(slot)
         try:
             result = self.app(environ, audit_start_response)
         except BaseException as exc:
             ctx.error_type = type(exc).__qualname__
-            _finish(ctx, start, token)
+            _finish(ctx, start, token, slot)
             raise
-        return _AuditedResponse(result, ctx, start, token, keep_body, auditor.strict)
+        return _AuditedResponse(result, ctx, start, (token, slot), keep_body, auditor.strict)
 
 
 class _AuditedResponse:
@@ -88,7 +89,7 @@ class _AuditedResponse:
         result: Iterable[bytes],
         ctx: RequestContext,
         start: int,
-        token: Any,
+        entered: tuple[Any, list[RequestContext | None]],  # the context var's token, and slot
         keep_body: bool,
         strict: bool = False,
     ) -> None:
@@ -96,7 +97,7 @@ class _AuditedResponse:
         self._result = result
         self._ctx = ctx
         self._start = start
-        self._token = token
+        self._entered = entered
         self._keep_body = keep_body
         self._done = False
 
@@ -135,7 +136,7 @@ class _AuditedResponse:
         finally:
             if not self._done:
                 self._done = True
-                _finish(self._ctx, self._start, self._token)
+                _finish(self._ctx, self._start, *self._entered)
 
 
 class _TeeInput:
@@ -220,9 +221,10 @@ def _status_code(status: str) -> int:
         return 0
 
 
-def _finish(ctx: RequestContext, start: int, token: Any) -> None:
+def _finish(ctx: RequestContext, start: int, token: Any, slot: list[RequestContext | None]) -> None:
     with contextlib.suppress(ValueError):  # closed from another context: the var dies with it
         _current.reset(token)
+    slot[0] = None  # contexts copied during the request no longer lead to it
     if not ctx.duration_ns:
         ctx.duration_ns = perf_counter_ns() - start
     try:

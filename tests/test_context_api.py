@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 from collections.abc import Callable
+from typing import Any
+from wsgiref.util import setup_testing_defaults
 
 import pytest
 from fastapi import FastAPI
 from starlette.testclient import TestClient
+from starlette.types import Message, Receive, Scope, Send
 
 import audit_middleware
-from audit_middleware import Actor, AuditMiddleware, Target
+from audit_middleware import Actor, AuditMiddleware, AuditWSGIMiddleware, Target
+from audit_middleware._context import RequestContext, current_context
 from tests.conftest import MemoryAuditor
 
 
@@ -101,6 +107,50 @@ def test_record_inside_a_request_inherits_its_context(
     assert explicit.request.id == request_event.request.id == "req-123"  # type: ignore[union-attr]
     assert explicit.request.status is None
     assert request_event.action == "http.post"
+
+
+def test_a_context_copied_during_a_request_forgets_it_when_the_request_ends(
+    make_auditor: Callable[..., MemoryAuditor],
+) -> None:
+    """uvicorn's keep-alive timer copies the context as the response ends and holds the copy
+    long after: the copy must not keep the request's state (scope, bodies) alive."""
+    copies: list[contextvars.Context] = []
+    during: list[object] = []
+
+    def copy_context() -> None:
+        copy = contextvars.copy_context()
+        copies.append(copy)
+        during.append(copy.run(current_context))
+
+    async def asgi_app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+        copy_context()  # as loop.call_later does
+
+    def wsgi_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        start_response("200 OK", [])
+        copy_context()
+        return [b"ok"]
+
+    auditor = make_auditor()
+    scope = {"type": "http", "method": "POST", "path": "/x", "headers": [], "query_string": b""}
+
+    async def no_body() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def ignore(message: Message) -> None:
+        return None
+
+    asyncio.run(AuditMiddleware(asgi_app, auditor=auditor)(scope, no_body, ignore))
+    environ: dict[str, Any] = {}
+    setup_testing_defaults(environ)
+    environ["REQUEST_METHOD"] = "POST"
+    response = AuditWSGIMiddleware(wsgi_app, auditor=auditor)(environ, lambda *a: None)
+    list(response)
+    response.close()  # type: ignore[attr-defined]
+    assert auditor.wait_for(2)
+    assert [type(ctx) for ctx in during] == [RequestContext, RequestContext]
+    assert [copy.run(current_context) for copy in copies] == [None, None]
 
 
 def test_outside_a_request_the_hints_are_ignored(caplog: pytest.LogCaptureFixture) -> None:
