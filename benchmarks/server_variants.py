@@ -20,6 +20,7 @@ Variants (names can be combined with modifiers, e.g. ``audit-nogc``):
 * ``-arch``: an archive exporter (local directory, disk spool) beside the log exporter;
 * ``-proc``: process delivery (``AUDIT_LOG_DELIVERY=process``); the CPU column then adds the
   delivery process's CPU to the server's;
+* ``-pure``: the pure-Python modules, not the compiled ones (``AUDIT_LOG_PURE_PYTHON=1``);
 * ``-lb<n>``: requests built per event-loop turn (``loop_build``; ``-lb0``: all in the
   dispatcher thread, as before it was the default).
 
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import contextvars
 import gc
 import multiprocessing
@@ -44,13 +46,13 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from multiprocessing.connection import Connection
 
 import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from audit_middleware._build import build_summary
+from audit_middleware._build import PURE_PYTHON_ENV, build_summary
 from benchmarks import overhead as ob
 from benchmarks._proc import process_cpu_s
 
@@ -124,6 +126,21 @@ class PassThrough:
 _CURRENT: contextvars.ContextVar[object] = contextvars.ContextVar("wrap_current")
 
 
+@contextlib.contextmanager
+def _pure_python(on: bool) -> Iterator[None]:
+    """With ``on``, processes started inside run the pure-Python modules."""
+    before = os.environ.get(PURE_PYTHON_ENV)
+    if on:
+        os.environ[PURE_PYTHON_ENV] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(PURE_PYTHON_ENV, None)
+        else:
+            os.environ[PURE_PYTHON_ENV] = before
+
+
 async def measure(
     variants: Sequence[str], rounds: int
 ) -> dict[str, list[tuple[float, float, float]]]:
@@ -134,7 +151,8 @@ async def measure(
         for variant in order:
             parent, child = ctx.Pipe()
             process = ctx.Process(target=serve, args=(variant, child), daemon=True)
-            process.start()
+            with _pure_python("-pure" in variant):
+                process.start()
             try:
                 if not parent.poll(60):
                     raise RuntimeError(f"{variant} server did not start")
