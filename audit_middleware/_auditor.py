@@ -6,7 +6,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from types import EllipsisType
+from types import EllipsisType, MappingProxyType
 from typing import Any, Final, cast
 
 from audit_middleware import _hooks
@@ -31,6 +31,7 @@ from audit_middleware._pipeline import DeliveryPipeline, PipelineStats
 from audit_middleware._rules import Rule, RuleSet, Source, UnmatchedPolicy, is_valid_action
 from audit_middleware._rules_file import load_rules_file
 from audit_middleware._sanitize import Redactor
+from audit_middleware._views import request_view
 from audit_middleware._warn import logger, warn_limited
 from audit_middleware._wire import Unpacker, plain_record
 from audit_middleware.integrity._chain import EventChain
@@ -42,6 +43,7 @@ __all__ = ["Auditor", "get_default_auditor", "record"]
 #: process), events are built at most this many batches ahead of the exporter; further
 #: requests and records wait in the queue, unbuilt.
 _PACE_BATCHES: Final = 4
+_RELEASED: Final[Mapping[str, Any]] = MappingProxyType({})  # a queued request's scope
 _PACE_MIN_EVENTS: Final = 8192
 
 _default: Auditor | None = None
@@ -227,6 +229,10 @@ class Auditor:
         if _hooks.state.inline:
             self._submit(ctx)
         else:
+            # The queue keeps what the builder reads and lets the scope go: the server's and
+            # the app's objects hung on it would otherwise wait with it, for the collector.
+            ctx.view = request_view(ctx.scope, ctx.protocol)
+            ctx.scope = _RELEASED
             self.pipeline.submit(ctx)
 
     def may_audit(self, ctx: RequestContext) -> bool:

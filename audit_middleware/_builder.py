@@ -135,7 +135,9 @@ class EventBuilder:
     def _from_request(self, ctx: RequestContext) -> AuditEvent | None:
         if ctx.skip:
             return None
-        view = request_view(ctx.scope, ctx.protocol)
+        view: RequestView | None = ctx.view
+        if view is None:
+            view = request_view(ctx.scope, ctx.protocol)
         status = ctx.status or 500
         outcome = outcome_for_status(status, raised=ctx.error_type is not None)
         key = (view.method, view.route, view.path)
@@ -321,7 +323,9 @@ class EventBuilder:
         event_id = uuid7(occurred_ns)
         request = client = None
         if context is not None:
-            view = request_view(context.scope, context.protocol)
+            view = context.view
+            if view is None:
+                view = request_view(context.scope, context.protocol)
             params = {str(k): str(v) for k, v in view.path_params.items()}
             request, client = self._request_info(view, params, view.route, event_id, None, None)
         return _new_tuple(  # AuditEvent(...) without the named tuple's Python-level __new__

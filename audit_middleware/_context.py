@@ -49,6 +49,8 @@ class RequestContext:
     resolved_actor: Actor | None = None
     resolved_org: str | None = None
     protocol = "asgi"
+    # Set when the request ends: what the builder reads of the scope, which is then let go.
+    view: Any = None
 
     def __init__(
         self, auditor: Auditor, scope: Mapping[str, Any], method: str, started_ns: int

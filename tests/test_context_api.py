@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import weakref
 from collections.abc import Callable
 from typing import Any
 from wsgiref.util import setup_testing_defaults
@@ -151,6 +152,48 @@ def test_a_context_copied_during_a_request_forgets_it_when_the_request_ends(
     assert auditor.wait_for(2)
     assert [type(ctx) for ctx in during] == [RequestContext, RequestContext]
     assert [copy.run(current_context) for copy in copies] == [None, None]
+
+
+class _Scope(dict[str, Any]):
+    """A scope that can be watched with a weak reference."""
+
+
+def test_a_queued_request_lets_its_scope_go(make_auditor: Callable[..., MemoryAuditor]) -> None:
+    """While a request waits to be built, the queue holds what the builder reads, not the scope
+    (nor what the server and the app hung on it)."""
+    auditor = make_auditor(batch_interval=60.0, loop_build=0)  # nothing is built until flushed
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        scope["state"] = {"app": "objects"}
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def no_body() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def ignore(message: Message) -> None:
+        return None
+
+    headers = [(b"user-agent", b"agent/1"), (b"x-request-id", b"req-7")]
+    scope = _Scope(type="http", method="POST", path="/things", headers=headers, query_string=b"")
+    scope["client"] = ("192.0.2.9", 4000)
+    watched = weakref.ref(scope)
+    asyncio.run(AuditMiddleware(app, auditor=auditor)(scope, no_body, ignore))
+    del scope
+    assert watched() is None
+    (event,) = auditor.wait_for(1)
+    assert event.request is not None
+    assert event.client is not None
+    assert (event.request.method, event.request.path, event.request.id) == (
+        "POST",
+        "/things",
+        "req-7",
+    )
+    assert (event.client.ip, event.client.user_agent, event.outcome) == (
+        "192.0.2.9",
+        "agent/1",
+        "success",
+    )
 
 
 def test_outside_a_request_the_hints_are_ignored(caplog: pytest.LogCaptureFixture) -> None:
