@@ -147,12 +147,14 @@ async def _in_thread(function: Callable[[RequestContext], None], ctx: RequestCon
 
 def keep_chunk(ctx: RequestContext, chunk: object) -> None:
     """Keep a bounded copy (by reference) of the response body for ``response.*`` sources."""
-    kept = ctx.response_body
-    if kept is None:
-        kept = ctx.response_body = []
     if type(chunk) is not bytes:
         chunk = _as_bytes(chunk)
-    if chunk and sum(map(len, kept)) <= MAX_RESPONSE_BODY:
+    if not chunk:
+        return
+    kept = ctx.response_body
+    if kept is None:
+        ctx.response_body = [chunk]  # the common case: one chunk
+    elif sum(map(len, kept)) <= MAX_RESPONSE_BODY:
         kept.append(chunk)  # stops once over the cap; the builder then ignores the body
 
 
