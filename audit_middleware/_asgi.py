@@ -8,6 +8,7 @@ shutdown). Responses stream through unbuffered. Per-request state stays in local
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
+from contextvars import Token
 from time import perf_counter_ns, time_ns
 from typing import Any
 
@@ -65,8 +66,11 @@ class AuditMiddleware:
         strict = auditor.strict
         if keep_request:
             ctx.request_body = []
+        slot: list[RequestContext | None] = [ctx]
+        token: Token[list[RequestContext | None] | None] | None = None  # set before the app runs
 
         async def audit_send(message: Message) -> None:
+            nonlocal token
             if message["type"] == "http.response.start":
                 status = message["status"]
                 ctx.status = status if type(status) is int else status_number(status)
@@ -84,7 +88,22 @@ class AuditMiddleware:
                     ctx.completed = not ctx.disconnected
                     # The client gets its last byte only once the event is on disk.
                     await _in_thread(auditor.make_durable, ctx)
-                await send(message)
+                if final and token is not None:
+                    # The server's send of the last body starts its keep-alive timer, which
+                    # copies the context and holds the copy for seconds: sent outside this
+                    # request's context variable, the copy holds nothing of the request.
+                    try:
+                        _current.reset(token)
+                    except ValueError:  # sent from another task, not in the variable's context
+                        await send(message)
+                    else:
+                        token = None
+                        try:
+                            await send(message)
+                        finally:
+                            token = _current.set(slot)
+                else:
+                    await send(message)
                 if final and ctx.strict_events is None:
                     ctx.duration_ns = perf_counter_ns() - start
                     ctx.completed = not ctx.disconnected
@@ -99,7 +118,6 @@ class AuditMiddleware:
                 keep_request_chunk(ctx, message.get("body", b""))
             return message
 
-        slot: list[RequestContext | None] = [ctx]
         token = _current.set(slot)
         try:
             await self.app(scope, audit_receive, audit_send)
@@ -107,7 +125,8 @@ class AuditMiddleware:
             ctx.error_type = type(exc).__qualname__
             raise
         finally:
-            _current.reset(token)
+            if token is not None:
+                _current.reset(token)
             slot[0] = None  # contexts copied during the request no longer lead to it
             if not ctx.duration_ns:
                 ctx.duration_ns = perf_counter_ns() - start

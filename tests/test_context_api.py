@@ -16,7 +16,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 import audit_middleware
 from audit_middleware import Actor, AuditMiddleware, AuditWSGIMiddleware, Target
-from audit_middleware._context import RequestContext, current_context
+from audit_middleware._context import RequestContext, _current, current_context
 from tests.conftest import MemoryAuditor
 
 
@@ -152,6 +152,39 @@ def test_a_context_copied_during_a_request_forgets_it_when_the_request_ends(
     assert auditor.wait_for(2)
     assert [type(ctx) for ctx in during] == [RequestContext, RequestContext]
     assert [copy.run(current_context) for copy in copies] == [None, None]
+
+
+def test_the_server_sends_the_last_body_outside_the_request_context(
+    make_auditor: Callable[..., MemoryAuditor],
+) -> None:
+    """What the server's send copies for later (uvicorn: its keep-alive timer) holds nothing of
+    the request; the app's code before and after that send still sees the request."""
+    seen: dict[str, Any] = {}
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"a", "more_body": True})
+        await send({"type": "http.response.body", "body": b"b"})
+        seen["after"] = current_context()  # a background task, say
+        audit_middleware.set_actor("u_after")
+
+    async def server_send(message: Message) -> None:
+        name = "last" if message.get("body") == b"b" else message["type"]
+        seen[name] = contextvars.copy_context()
+
+    async def no_body() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    auditor = make_auditor()
+    scope = {"type": "http", "method": "POST", "path": "/x", "headers": [], "query_string": b""}
+    asyncio.run(AuditMiddleware(app, auditor=auditor)(scope, no_body, server_send))
+    (event,) = auditor.wait_for(1)
+    assert _current not in seen["last"]
+    assert _current in seen["http.response.start"]
+    assert type(seen["after"]) is RequestContext
+    assert event.actor.id == "u_after"
+    assert event.request is not None
+    assert event.request.completed is True
 
 
 class _Scope(dict[str, Any]):
