@@ -11,6 +11,8 @@ Variants (names can be combined with modifiers, e.g. ``audit-nogc``):
 
 * ``bare``: the app alone; ``audit``: with ``AuditMiddleware`` as in ``overhead.py``;
 * ``path``: audit, but the pipeline's ``submit`` is a no-op (the request path only);
+* ``glue``: audit, but the request is not handed to the auditor at its end (the protocol
+  glue of ``AuditMiddleware`` alone);
 * ``wrap``: the bare app behind a middleware that only wraps ``receive`` and ``send`` in
   closures, as the audit's does (what any such layer costs in this server); ``wrap-ctx``:
   that middleware also sets a context variable for the request, as the audit's does;
@@ -76,6 +78,8 @@ def serve(variant: str, conn: Connection) -> None:
         sys.setswitchinterval(int(match.group(1)) / 1000)
     if variant.startswith("path"):
         pipeline.submit = lambda item: True  # type: ignore[method-assign]
+    if variant.startswith("glue"):
+        auditor.submit_request = lambda ctx: None  # type: ignore[method-assign]
     if variant.startswith("queued"):
         pipeline._build = lambda item: ()
     if "-nogc" in variant:
