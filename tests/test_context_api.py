@@ -187,6 +187,37 @@ def test_the_server_sends_the_last_body_outside_the_request_context(
     assert event.request.completed is True
 
 
+def test_a_last_body_sent_from_another_task_is_sent_as_it_is(
+    make_auditor: Callable[..., MemoryAuditor],
+) -> None:
+    """An app (or an inner middleware) that sends from a task of its own: the variable is not
+    in that task's context to leave, and the response and the event are unaffected."""
+    sent: list[Message] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        async def respond() -> None:
+            await send({"type": "http.response.start", "status": 201, "headers": []})
+            await send({"type": "http.response.body", "body": b"made"})
+
+        await asyncio.create_task(respond())
+        audit_middleware.set_actor("u_task")
+
+    async def server_send(message: Message) -> None:
+        sent.append(message)
+
+    async def no_body() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    auditor = make_auditor()
+    scope = {"type": "http", "method": "POST", "path": "/x", "headers": [], "query_string": b""}
+    asyncio.run(AuditMiddleware(app, auditor=auditor)(scope, no_body, server_send))
+    (event,) = auditor.wait_for(1)
+    assert [m.get("body") for m in sent] == [None, b"made"]
+    assert (event.actor.id, event.outcome) == ("u_task", "success")
+    assert event.request is not None
+    assert event.request.status == 201
+
+
 class _Scope(dict[str, Any]):
     """A scope that can be watched with a weak reference."""
 
