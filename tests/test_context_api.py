@@ -12,10 +12,10 @@ from wsgiref.util import setup_testing_defaults
 import pytest
 from fastapi import FastAPI
 from starlette.testclient import TestClient
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import audit_middleware
-from audit_middleware import Actor, AuditMiddleware, AuditWSGIMiddleware, Target
+from audit_middleware import Actor, AuditMiddleware, Auditor, AuditWSGIMiddleware, Target
 from audit_middleware._context import RequestContext, _current, current_context
 from tests.conftest import MemoryAuditor
 
@@ -56,6 +56,23 @@ def _app() -> FastAPI:
         return {"ok": True}
 
     return app
+
+
+async def _no_body() -> Message:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+async def _ignore(message: Message) -> None:
+    return None
+
+
+def _serve(
+    auditor: Auditor, app: ASGIApp, send: Send = _ignore, scope: Scope | None = None
+) -> None:
+    """One POST through ``AuditMiddleware(app)``, driven directly (no server)."""
+    if scope is None:
+        scope = {"type": "http", "method": "POST", "path": "/x", "headers": [], "query_string": b""}
+    asyncio.run(AuditMiddleware(app, auditor=auditor)(scope, _no_body, send))
 
 
 def test_async_handler_hints(make_auditor: Callable[..., MemoryAuditor]) -> None:
@@ -134,15 +151,8 @@ def test_a_context_copied_during_a_request_forgets_it_when_the_request_ends(
         return [b"ok"]
 
     auditor = make_auditor()
-    scope = {"type": "http", "method": "POST", "path": "/x", "headers": [], "query_string": b""}
 
-    async def no_body() -> Message:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def ignore(message: Message) -> None:
-        return None
-
-    asyncio.run(AuditMiddleware(asgi_app, auditor=auditor)(scope, no_body, ignore))
+    _serve(auditor, asgi_app)
     environ: dict[str, Any] = {}
     setup_testing_defaults(environ)
     environ["REQUEST_METHOD"] = "POST"
@@ -172,12 +182,8 @@ def test_the_server_sends_the_last_body_outside_the_request_context(
         name = "last" if message.get("body") == b"b" else message["type"]
         seen[name] = contextvars.copy_context()
 
-    async def no_body() -> Message:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
     auditor = make_auditor()
-    scope = {"type": "http", "method": "POST", "path": "/x", "headers": [], "query_string": b""}
-    asyncio.run(AuditMiddleware(app, auditor=auditor)(scope, no_body, server_send))
+    _serve(auditor, app, server_send)
     (event,) = auditor.wait_for(1)
     assert _current not in seen["last"]
     assert _current in seen["http.response.start"]
@@ -205,12 +211,8 @@ def test_a_last_body_sent_from_another_task_is_sent_as_it_is(
     async def server_send(message: Message) -> None:
         sent.append(message)
 
-    async def no_body() -> Message:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
     auditor = make_auditor()
-    scope = {"type": "http", "method": "POST", "path": "/x", "headers": [], "query_string": b""}
-    asyncio.run(AuditMiddleware(app, auditor=auditor)(scope, no_body, server_send))
+    _serve(auditor, app, server_send)
     (event,) = auditor.wait_for(1)
     assert [m.get("body") for m in sent] == [None, b"made"]
     assert (event.actor.id, event.outcome) == ("u_task", "success")
@@ -232,17 +234,11 @@ def test_a_queued_request_lets_its_scope_go(make_auditor: Callable[..., MemoryAu
         await send({"type": "http.response.start", "status": 201, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
-    async def no_body() -> Message:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def ignore(message: Message) -> None:
-        return None
-
     headers = [(b"user-agent", b"agent/1"), (b"x-request-id", b"req-7")]
     scope = _Scope(type="http", method="POST", path="/things", headers=headers, query_string=b"")
     scope["client"] = ("192.0.2.9", 4000)
     watched = weakref.ref(scope)
-    asyncio.run(AuditMiddleware(app, auditor=auditor)(scope, no_body, ignore))
+    _serve(auditor, app, scope=scope)
     del scope
     assert watched() is None
     (event,) = auditor.wait_for(1)
