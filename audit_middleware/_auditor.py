@@ -43,8 +43,8 @@ __all__ = ["Auditor", "get_default_auditor", "record"]
 #: process), events are built at most this many batches ahead of the exporter; further
 #: requests and records wait in the queue, unbuilt.
 _PACE_BATCHES: Final = 4
-_RELEASED: Final[Mapping[str, Any]] = MappingProxyType({})  # a queued request's scope
 _PACE_MIN_EVENTS: Final = 8192
+_RELEASED: Final[Mapping[str, Any]] = MappingProxyType({})  # a queued request's scope
 
 _default: Auditor | None = None
 
