@@ -78,6 +78,7 @@ class Auditor:
         batch_interval: float | None = None,
         loop_build: int | None = None,
         delivery: Delivery | None = None,
+        delivery_processes: int | None = None,
         export_retries: int | None = None,
         shutdown_timeout: float | None = None,
         log_output: str | None = None,
@@ -110,6 +111,7 @@ class Auditor:
             "batch_interval": batch_interval,
             "loop_build": loop_build,
             "delivery": delivery,
+            "delivery_processes": delivery_processes,
             "export_retries": export_retries,
             "shutdown_timeout": shutdown_timeout,
             "log_output": log_output,
@@ -180,6 +182,7 @@ class Auditor:
                 )
             self.delivery_process = DeliveryProcess(
                 self._delivery_pipeline,
+                processes=config.delivery_processes,
                 reply_timeout=max(10.0, config.shutdown_timeout),
                 before_fork=self._hand_over,
             )

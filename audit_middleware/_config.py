@@ -44,6 +44,7 @@ ENV: Final[Mapping[str, str]] = {
     "AUDIT_LOG_BATCH_INTERVAL": "0.5",
     "AUDIT_LOG_LOOP_BUILD": "64",
     "AUDIT_LOG_DELIVERY": "thread",
+    "AUDIT_LOG_DELIVERY_PROCESSES": "1",
     "AUDIT_LOG_EXPORT_RETRIES": "5",
     "AUDIT_LOG_SHUTDOWN_TIMEOUT": "5",
     "AUDIT_LOG_RULES": "",
@@ -103,6 +104,7 @@ class AuditConfig:
     batch_interval: float
     loop_build: int
     delivery: Delivery
+    delivery_processes: int
     export_retries: int
     shutdown_timeout: float
     rules_file: str
@@ -165,6 +167,9 @@ class AuditConfig:
             batch_interval=r.get("batch_interval", "AUDIT_LOG_BATCH_INTERVAL", _seconds),
             loop_build=r.get("loop_build", "AUDIT_LOG_LOOP_BUILD", _int(0, 100_000)),
             delivery=r.get("delivery", "AUDIT_LOG_DELIVERY", _choice(DELIVERY_MODES)),
+            delivery_processes=r.get(
+                "delivery_processes", "AUDIT_LOG_DELIVERY_PROCESSES", _int(1, 64)
+            ),
             export_retries=r.get("export_retries", "AUDIT_LOG_EXPORT_RETRIES", _int(0, 100)),
             shutdown_timeout=r.get("shutdown_timeout", "AUDIT_LOG_SHUTDOWN_TIMEOUT", _seconds),
             rules_file=r.get("rules_file", "AUDIT_LOG_RULES", _text),

@@ -1,21 +1,23 @@
-"""Delivery in a forked process (``AUDIT_LOG_DELIVERY=process``).
+"""Delivery in forked processes (``AUDIT_LOG_DELIVERY=process``).
 
 The application's process builds each event, as in thread delivery, and hands batches to
 :class:`DeliveryProcess`, an exporter that writes them as ``marshal`` frames (:mod:`._wire`) to
-a process forked for the purpose. That process seals the events into the hash chain, renders
-their lines and runs the real exporters in a pipeline of its own: that work no longer shares
-the application's GIL (``docs/performance.md`` measures what moves).
+processes forked for the purpose (one by default; ``AUDIT_LOG_DELIVERY_PROCESSES``). Each seals
+its events into a hash-chain stream of its own, renders their lines and runs the real exporters
+in a pipeline of its own: that work no longer shares the application's GIL, and with several
+processes a batch is split between them, which work on their parts side by side
+(``docs/performance.md`` measures what moves).
 
-* **Forked lazily**, from the export thread, on the first batch; again after it died, and in
-  each process forked from the application (a pre-forking server's workers get one each).
+* **Forked lazily**, from the export thread, on the first batch; again after one died, and in
+  each process forked from the application (a pre-forking server's workers get their own).
 * **Acknowledged.** Each frame is answered once the child has sealed its events and handed
   them to its exporters' lanes (each with its own bounded backlog, as in thread delivery);
   the reply carries the child's counters. A child that dies or stops answering
-  (``reply_timeout``) is killed; the unanswered batch is sent again to the next child (retries
-  with backoff), so an event can at worst arrive twice, never silently not at all. Events a
-  dead child had accepted but not delivered are counted as dropped (an upper bound: its last
-  counters).
-* **Stopped by its parent.** The child ignores SIGINT and SIGTERM and stops once its parent
+  (``reply_timeout``) is killed; the batch is sent again (retries with backoff) and a new child
+  takes the dead one's part, so an event can at worst arrive twice, never silently not at all.
+  Events a dead child had accepted but not delivered are counted as dropped (an upper bound:
+  its last counters).
+* **Stopped by its parent.** A child ignores SIGINT and SIGTERM and stops once its parent
   shuts the pipeline down or closes the socket (exits, or is killed): it then flushes and
   shuts its exporters down within ``shutdown_timeout``.
 """
@@ -54,44 +56,58 @@ _REPLY: Final = struct.Struct("<IQ")  # request id, payload length
 _SECONDS: Final = struct.Struct("<d")  # a flush's or shutdown's timeout
 _GC_THRESHOLDS: Final = (50_000, 20, 10)  # the delivery process's collector (default 700, 10, 10)
 _STATS_EVERY_S: Final = 0.05  # counters ride on a reply at most this often (they cost O(queue))
+_MIN_PART: Final = 64  # a batch is split between delivery processes in parts at least this long
 
 #: What the child reports: ok, then its counters (or None when unchanged since recently).
 _Counters = tuple[int, int, int, int, int, tuple[tuple[str, int, int, int, int], ...]]
 
 
-class _ChildGone(Exception):
-    """The delivery process died, or stopped answering and was killed."""
+class _Child:
+    """One delivery process as the parent sees it: its socket, pid and counters."""
+
+    __slots__ = ("accepted", "counters", "pid", "sock")
+
+    def __init__(self) -> None:
+        self.sock: socket.socket | None = None
+        self.pid = 0
+        self.accepted = 0  # events it confirmed queued
+        self.counters: _Counters | None = None  # its last counters
 
 
 class DeliveryProcess:
-    """An exporter that forwards batches to a forked delivery process (see the module doc).
+    """An exporter that forwards batches to forked delivery processes (see the module doc).
 
-    ``make_pipeline`` is called in the child, once, to build the pipeline that seals, renders
+    ``make_pipeline`` is called in each child, once, to build the pipeline that seals, renders
     and exports there; ``build`` of that pipeline receives the plain tuples of :mod:`._wire`
     (use :meth:`Unpacker.event`). ``before_fork`` runs in this process before each fork.
+    With ``processes`` above 1, each batch is split between that many children, which work on
+    their parts side by side (each its own hash-chain stream and archive writer).
     """
 
-    merges_batches = True  # fewer, larger frames when the child falls behind
+    merges_batches = True  # fewer, larger frames when the children fall behind
 
     def __init__(
         self,
         make_pipeline: Callable[[Unpacker], DeliveryPipeline],
         *,
+        processes: int = 1,
         reply_timeout: float = 10.0,
         before_fork: Callable[[], None] | None = None,
     ) -> None:
+        if processes < 1:
+            raise ValueError("processes must be at least 1")
         self._make_pipeline = make_pipeline
         self._before_fork = before_fork
         self.reply_timeout = reply_timeout
         self._lock = threading.Lock()  # counters, read by stats() from any thread
-        self._sock: socket.socket | None = None
-        self._pid = 0
+        self._slots = tuple(_Child() for _ in range(processes))
         self._ids = itertools.count(1)
-        self._accepted = 0  # events the current child confirmed queued
+        self._turn = itertools.count()  # which child a batch too small to split goes to
+        #: The batch of the last export that failed, and its parts no child confirmed.
+        self._partial: tuple[Sequence[AuditEvent], list[tuple[int, int, int]]] | None = None
         self._children = 0
         self._lost = 0  # events dead children had queued and not delivered (upper bound)
         self._lost_at_flush = 0
-        self._child: _Counters | None = None  # the current child's last counters
         self._retired: dict[str, list[int]] = {}  # dead children's lane totals, by name
         self._retired_top = [0, 0, 0]  # dead children's overflow, closed, build errors
         _live.add(self)
@@ -99,59 +115,78 @@ class DeliveryProcess:
     # -- exporter contract ----------------------------------------------------------------------
 
     def export(self, batch: Sequence[AuditEvent]) -> ExportResult:
-        """Send ``batch`` to the child; SUCCESS once it confirmed the events queued."""
-        try:
-            self._call(_EVENTS, pack_events(batch), self.reply_timeout)
-        except _ChildGone:
-            return ExportResult.FAILURE
+        """Send ``batch`` (split between the children) and wait for every answer; SUCCESS once
+        each child confirmed its part queued. After a FAILURE (a child lost), the retry of the
+        same batch sends only the parts no child confirmed, to a new child: a record crosses
+        unbuilt and gets its id where it is built, so a part sent twice would be archived twice
+        under different ids."""
+        partial = self._partial
+        parts = partial[1] if partial is not None and partial[0] is batch else self._split(batch)
+        calls = [(self._slots[slot], pack_events(batch[start:end])) for slot, start, end in parts]
+        answers = self._exchange(_EVENTS, calls, self.reply_timeout)
+        missed: list[tuple[int, int, int]] = []
         with self._lock:
-            self._accepted += len(batch)
-        return ExportResult.SUCCESS
+            for (slot, start, end), answer in zip(parts, answers, strict=True):
+                if answer is None:
+                    missed.append((slot, start, end))
+                else:
+                    self._slots[slot].accepted += end - start
+        self._partial = (batch, missed) if missed else None
+        return ExportResult.FAILURE if missed else ExportResult.SUCCESS
 
     def force_flush(self, timeout: float | None = None) -> bool:
-        """Have the child deliver everything it was sent; True if its exporters confirmed it."""
-        ok = True
-        if self._sock is not None:
-            wait = self.reply_timeout if timeout is None else max(0.0, timeout)
-            try:
-                ok = self._call(_FLUSH, _SECONDS.pack(_inner(wait)), wait)
-            except _ChildGone:
-                ok = False
+        """Have the children deliver everything they were sent; True if all their exporters
+        confirmed it."""
+        wait = self.reply_timeout if timeout is None else max(0.0, timeout)
+        payload = _SECONDS.pack(_inner(wait))
+        answers = self._exchange(_FLUSH, [(c, payload) for c in self._running()], wait)
         with self._lock:  # events a child lost since the last flush make this one fail
             lost, self._lost_at_flush = self._lost - self._lost_at_flush, self._lost
-        return ok and not lost
+        return all(answers) and not lost
 
     def shutdown(self, timeout: float | None = None) -> None:
-        """Have the child flush, shut its exporters down and exit; wait for it within
+        """Have the children flush, shut their exporters down and exit; wait for them within
         ``timeout``."""
-        if self._sock is None:
+        running = self._running()
+        if not running:
             return
         wait = self.reply_timeout if timeout is None else max(0.0, timeout)
         deadline = time.monotonic() + wait
-        try:
-            self._call(_SHUTDOWN, _SECONDS.pack(_inner(wait)), wait)
-        except _ChildGone:
-            return
-        self._close(deadline)
+        payload = _SECONDS.pack(_inner(wait))
+        answers = self._exchange(_SHUTDOWN, [(c, payload) for c in running], wait)
+        for child, answer in zip(running, answers, strict=True):
+            if answer is not None:  # (a lost child was closed already)
+                self._close(child, deadline)
 
     # -- counters -------------------------------------------------------------------------------
 
     @property
+    def processes(self) -> int:
+        """How many delivery processes share the work."""
+        return len(self._slots)
+
+    @property
     def pid(self) -> int:
-        """The delivery process's pid (0 when none runs)."""
-        return self._pid if self._sock is not None else 0
+        """The first running delivery process's pid (0 when none runs)."""
+        pids = self.pids
+        return pids[0] if pids else 0
+
+    @property
+    def pids(self) -> tuple[int, ...]:
+        """The pids of the delivery processes that run."""
+        return tuple(c.pid for c in self._slots if c.sock is not None)
 
     @property
     def children(self) -> int:
-        """How many delivery processes this one started (more than one: some died)."""
+        """How many delivery processes this one started (more than ``processes``: some died)."""
         return self._children
 
     def combine(self, parent: PipelineStats) -> PipelineStats:
         """``parent`` (this process's pipeline, whose one exporter is this object) with the
-        delivery process's counters: its exporters replace this one, whose losses on the way
-        (dropped by its lane, or with a dead child) are added to theirs as ``dropped``."""
+        delivery processes' counters: their exporters replace this one, whose losses on the
+        way (dropped by its lane, or with a dead child) are added to theirs as ``dropped``."""
         with self._lock:
-            child = self._child
+            running = [c.counters for c in self._slots if c.counters is not None]
             retired = {name: list(totals) for name, totals in self._retired.items()}
             top = list(self._retired_top)
             lost = self._lost
@@ -160,16 +195,15 @@ class DeliveryProcess:
         for lane in parent.exporters:
             queued += lane.pending
             link_dropped += lane.dropped
-        if child is not None:
-            c_queued, _, overflow, closed, errors, lanes = child
+        for c_queued, _, overflow, closed, errors, lanes in running:
             queued += c_queued
             top = [top[0] + overflow, top[1] + closed, top[2] + errors]
             for name, exported, pending, retries, dropped in lanes:
                 totals = retired.setdefault(name, [0, 0, 0, 0])
                 totals[0] += exported
+                totals[1] += pending  # (a dead child's pending is in its losses)
                 totals[2] += retries
                 totals[3] += dropped
-                totals[1] = pending
         exporters = tuple(
             ExporterStats(name, exported, pending, retries, dropped)
             for name, (exported, pending, retries, dropped) in retired.items()
@@ -192,33 +226,71 @@ class DeliveryProcess:
             exporters=exporters,
         )
 
-    # -- the link -------------------------------------------------------------------------------
+    # -- the links ------------------------------------------------------------------------------
 
-    def _call(self, kind: int, payload: bytes, timeout: float) -> bool:
-        """Send one request and wait for its reply; ``_ChildGone`` if the child is lost."""
-        sock = self._sock if self._sock is not None else self._spawn()
-        request = next(self._ids)
-        try:
-            sock.settimeout(timeout)
-            sock.sendall(_REQUEST.pack(kind, request, len(payload)))
-            sock.sendall(payload)
-            while True:
-                head = _read(sock, _REPLY.size)
-                answer, size = _REPLY.unpack(head)
-                body = _read(sock, size)
-                if answer == request:  # an earlier request's late answer is skipped
-                    break
-        except (OSError, EOFError) as exc:
-            self._lose_child(f"{type(exc).__name__}: {exc}")
-            raise _ChildGone from exc
-        ok, counters = marshal.loads(body)  # noqa: S302 - from our own child, over a socket pair
-        if counters is not None:
-            with self._lock:
-                self._child = counters
-        return bool(ok)
+    def _running(self) -> list[_Child]:
+        return [c for c in self._slots if c.sock is not None]
 
-    def _spawn(self) -> socket.socket:
-        """Fork a delivery process connected to this one by a socket pair."""
+    def _split(self, batch: Sequence[AuditEvent]) -> list[tuple[int, int, int]]:
+        """``batch`` in contiguous parts ``(child, start, end)``, one per child, none shorter
+        than ``_MIN_PART`` events (a small batch goes whole to the next child in turn)."""
+        slots = len(self._slots)
+        size = len(batch)
+        n = min(slots, max(1, size // _MIN_PART))
+        if n == 1:
+            return [(next(self._turn) % slots, 0, size)]
+        return [(i, i * size // n, (i + 1) * size // n) for i in range(n)]
+
+    def _exchange(
+        self, kind: int, calls: Sequence[tuple[_Child, bytes]], timeout: float
+    ) -> list[bool | None]:
+        """Send each child its request, then read every answer: the children work on theirs
+        side by side. Each answer's ok flag, or None for a child lost on the way."""
+        for child, _ in calls:  # forked before anything is sent (a fork that fails raises)
+            if child.sock is None:
+                self._spawn(child)
+        deadline = time.monotonic() + timeout
+        requests: list[int | None] = []
+        for child, payload in calls:
+            request = next(self._ids)
+            sock = child.sock
+            try:
+                if sock is None:
+                    raise EOFError("the delivery process was lost")
+                sock.settimeout(timeout)
+                sock.sendall(_REQUEST.pack(kind, request, len(payload)))
+                sock.sendall(payload)
+            except (OSError, EOFError) as exc:
+                self._lose_child(child, f"{type(exc).__name__}: {exc}")
+                requests.append(None)
+            else:
+                requests.append(request)
+        answers: list[bool | None] = []
+        for (child, _), sent in zip(calls, requests, strict=True):
+            sock = child.sock
+            if sent is None or sock is None:
+                answers.append(None)
+                continue
+            try:
+                sock.settimeout(max(0.001, deadline - time.monotonic()))
+                while True:
+                    answer, size = _REPLY.unpack(_read(sock, _REPLY.size))
+                    body = _read(sock, size)
+                    if answer == sent:  # an earlier request's late answer is skipped
+                        break
+            except (OSError, EOFError) as exc:
+                self._lose_child(child, f"{type(exc).__name__}: {exc}")
+                answers.append(None)
+                continue
+            ok, counters = marshal.loads(body)  # noqa: S302 - from our own child, over a socket pair
+            if counters is not None:
+                with self._lock:
+                    child.counters = counters
+            answers.append(bool(ok))
+        return answers
+
+    def _spawn(self, child: _Child) -> None:
+        """Fork a delivery process for ``child``, connected to this one by a socket pair."""
         if self._before_fork is not None:
             self._before_fork()
         mine, theirs = socket.socketpair()
@@ -244,23 +316,22 @@ class DeliveryProcess:
                 os._exit(code)
         theirs.close()
         with self._lock:
-            self._sock, self._pid = mine, pid
-            self._accepted = 0
-            self._child = None
+            child.sock, child.pid = mine, pid
+            child.accepted = 0
+            child.counters = None
             self._children += 1
         logger.debug("audit delivery process started: pid %d", pid)
-        return mine
 
-    def _lose_child(self, why: str) -> None:
-        """The child died or hung: kill it, count what it had not delivered, forget it."""
-        pid = self._pid
+    def _lose_child(self, child: _Child, why: str) -> None:
+        """A child died or hung: kill it, count what it had not delivered, forget it."""
+        pid = child.pid
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
         with self._lock:
-            undelivered = self._undelivered()
+            undelivered = _undelivered(child)
             self._lost += undelivered
-            self._retire()
-        self._close(time.monotonic() + 1.0)
+            self._retire(child)
+        self._close(child, time.monotonic() + 1.0)
         warn_limited(
             "delivery-process",
             "audit delivery process %d lost (%s); %d audit events it had queued were not "
@@ -270,20 +341,10 @@ class DeliveryProcess:
             undelivered,
         )
 
-    def _undelivered(self) -> int:
-        """Events the current child confirmed and did not report delivered or dropped, for
-        the exporter furthest behind (hold ``_lock``)."""
-        if self._child is None:
-            return self._accepted
-        _, _, overflow, closed, errors, lanes = self._child
-        settled = overflow + closed + errors
-        behind = [self._accepted - settled - done - dropped for _, done, _, _, dropped in lanes]
-        return max([0, *behind])
-
-    def _retire(self) -> None:
-        """Fold the dead child's counters into the totals (hold ``_lock``)."""
-        if self._child is not None:
-            _, _, overflow, closed, errors, lanes = self._child
+    def _retire(self, child: _Child) -> None:
+        """Fold a dead child's counters into the totals (hold ``_lock``)."""
+        if child.counters is not None:
+            _, _, overflow, closed, errors, lanes = child.counters
             top = self._retired_top
             top[0] += overflow
             top[1] += closed
@@ -293,13 +354,13 @@ class DeliveryProcess:
                 totals[0] += exported
                 totals[2] += retries
                 totals[3] += dropped
-        self._child = None
-        self._accepted = 0
+        child.counters = None
+        child.accepted = 0
 
-    def _close(self, deadline: float) -> None:
-        """Close the socket and reap the child (waiting until ``deadline`` at most)."""
-        sock, pid = self._sock, self._pid
-        self._sock, self._pid = None, 0
+    def _close(self, child: _Child, deadline: float) -> None:
+        """Close a child's socket and reap it (waiting until ``deadline`` at most)."""
+        sock, pid = child.sock, child.pid
+        child.sock, child.pid = None, 0
         if sock is not None:
             sock.close()
         while pid:
@@ -311,17 +372,31 @@ class DeliveryProcess:
             break
 
     def _after_fork(self) -> None:
-        # A process forked from this one starts its own delivery process when it needs one; the
-        # socket to this one's must not keep it alive.
-        if self._sock is not None:
-            with contextlib.suppress(OSError):
-                self._sock.close()
-        self._sock, self._pid = None, 0
+        # A process forked from this one starts its own delivery processes when it needs them;
+        # the sockets to this one's (a sibling's, in a delivery process) must not keep them alive.
+        for child in self._slots:
+            if child.sock is not None:
+                with contextlib.suppress(OSError):
+                    child.sock.close()
+            child.sock, child.pid = None, 0
+            child.accepted = 0
+            child.counters = None
         self._lock = threading.Lock()
-        self._accepted = self._children = self._lost = self._lost_at_flush = 0
-        self._child = None
+        self._children = self._lost = self._lost_at_flush = 0
         self._retired = {}
         self._retired_top = [0, 0, 0]
+        self._partial = None
+
+
+def _undelivered(child: _Child) -> int:
+    """Events ``child`` confirmed and did not report delivered or dropped, for the exporter
+    furthest behind (hold the link's ``_lock``)."""
+    if child.counters is None:
+        return child.accepted
+    _, _, overflow, closed, errors, lanes = child.counters
+    settled = overflow + closed + errors
+    behind = [child.accepted - settled - done - dropped for _, done, _, _, dropped in lanes]
+    return max([0, *behind])
 
 
 def _release_inherited(keep: int) -> None:

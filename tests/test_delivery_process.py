@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import gzip
 import json
 import marshal
 import os
@@ -44,6 +45,7 @@ from audit_middleware._delivery_process import DeliveryProcess, deliver_frame
 from audit_middleware._lines import event_line
 from audit_middleware._wire import Unpacker, pack_events, plain_record
 from audit_middleware.integrity import verify_events
+from exporters.archive import ArchiveExporter
 from exporters.log import StructlogExporter
 from tests.conftest import MemoryAuditor, eventually, serve, serve_wsgi
 
@@ -651,3 +653,140 @@ def test_no_delivery_process_until_the_first_batch(auditors: Callable[..., Audit
     assert auditor.force_flush(timeout=2)
     assert process.pid == 0
     assert process.children == 0
+
+
+# -- several delivery processes -------------------------------------------------------------------
+
+
+def test_delivery_processes_are_configured_by_keyword_or_environment() -> None:
+    env = {"AUDIT_LOG_DELIVERY": "process", "AUDIT_LOG_DELIVERY_PROCESSES": "3"}
+    for auditor in (
+        Auditor(exporters=[], environ=env),
+        Auditor(exporters=[], delivery="process", delivery_processes=3, environ={}),
+    ):
+        try:
+            assert auditor.delivery_process is not None
+            assert auditor.delivery_process.processes == 3
+        finally:
+            auditor.shutdown(timeout=2)
+    default = Auditor(exporters=[], delivery="process", environ={})
+    try:
+        assert default.delivery_process is not None
+        assert default.delivery_process.processes == 1
+    finally:
+        default.shutdown(timeout=2)
+    for bad in ("0", "-1", "two", "65"):
+        with pytest.raises(AuditConfigError, match="AUDIT_LOG_DELIVERY_PROCESSES"):
+            Auditor(exporters=[], environ={**env, "AUDIT_LOG_DELIVERY_PROCESSES": bad})
+
+
+def test_two_delivery_processes_split_the_batches_and_deliver_every_event_once(
+    auditors: Callable[..., Auditor], tmp_path: Path
+) -> None:
+    log = tmp_path / "audit.jsonl"
+    marks = FileExporter(tmp_path / "pids.jsonl")
+    auditor = auditors(
+        exporters=[StructlogExporter(output=str(log)), marks],
+        delivery_processes=2,
+        batch_size=500,
+        queue_size=10_000,
+    )
+    n = 3000
+    _record(auditor, 0, n)
+    assert auditor.force_flush(timeout=20)
+    process = auditor.delivery_process
+    assert process is not None
+    pids = set(process.pids)
+    assert len(pids) == 2
+    assert os.getpid() not in pids
+    rows = marks.rows()
+    assert sorted(str(row["id"]) for row in rows) == sorted({str(row["id"]) for row in rows})
+    assert len(rows) == n
+    by_pid = {pid: [row for row in rows if row["pid"] == pid] for pid in pids}
+    assert all(len(part) >= n // 4 for part in by_pid.values()), {
+        pid: len(part) for pid, part in by_pid.items()
+    }
+    for part in by_pid.values():  # each process numbers its own stream from 1, without gaps
+        assert sorted(int(str(row["seq"])) for row in part) == list(range(1, len(part) + 1))
+    lines = log.read_bytes().splitlines()
+    assert len(lines) == n
+    report = verify_events(lines)
+    assert report.ok, report.findings
+    assert report.streams == 2
+    stats = auditor.stats()
+    assert stats.processed == n
+    assert stats.dropped == 0
+    assert stats.queued == 0
+    assert [(e.name, e.exported) for e in stats.exporters] == [
+        ("StructlogExporter", n),
+        ("FileExporter", n),
+    ]
+
+
+def test_a_batch_too_small_to_split_goes_whole_to_the_next_process_in_turn(
+    auditors: Callable[..., Auditor], tmp_path: Path
+) -> None:
+    marks = FileExporter(tmp_path / "pids.jsonl")
+    auditor = auditors(exporters=[marks], delivery_processes=2, batch_size=10)
+    for first in range(0, 40, 10):
+        _record(auditor, first, 10)
+        assert auditor.force_flush(timeout=10)
+    rows = marks.rows()
+    assert len({row["id"] for row in rows}) == 40
+    counts = [sum(1 for row in rows if row["pid"] == pid) for pid in {row["pid"] for row in rows}]
+    assert sorted(counts) == [20, 20]  # whole batches of 10, taking turns
+
+
+def test_one_of_two_killed_delivery_processes_is_replaced_and_the_other_goes_on(
+    auditors: Callable[..., Auditor], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    marks = FileExporter(tmp_path / "pids.jsonl")
+    auditor = auditors(exporters=[marks], delivery_processes=2, batch_size=200)
+    _record(auditor, 0, 400)
+    assert auditor.force_flush(timeout=10)
+    process = auditor.delivery_process
+    assert process is not None
+    killed, survivor = process.pids
+    _warn._last.clear()  # the warning is rate-limited per process
+    os.kill(killed, signal.SIGKILL)
+    assert eventually(lambda: not _alive(killed), 5)
+    _record(auditor, 400, 400)
+    auditor.force_flush(timeout=20)  # False if the dead one had events undelivered
+    assert auditor.force_flush(timeout=20)
+    assert survivor in process.pids
+    assert killed not in process.pids
+    assert len(process.pids) == 2
+    assert process.children == 3
+    assert "lost" in caplog.text
+    rows = marks.rows()
+    assert len({row["id"] for row in rows}) == len(rows) == 800  # its part sent again, alone
+    kept = sorted(int(str(row["seq"])) for row in rows if row["pid"] == survivor)
+    assert kept == list(range(1, len(kept) + 1))  # the survivor's stream never broke
+    assert auditor.stats().dropped == 0
+
+
+def test_two_delivery_processes_archive_every_event_once_under_their_own_writers(
+    auditors: Callable[..., Auditor], tmp_path: Path
+) -> None:
+    archive = ArchiveExporter(str(tmp_path / "archive"), spool_dir=tmp_path / "spool", max_age=60)
+    auditor = auditors(exporters=[archive], delivery_processes=2, batch_size=400)
+    n = 2400
+    for i in range(n):
+        auditor.record("doc.updated", org_id=f"org_{i % 3}", target=Target("doc", str(i)))
+    assert auditor.force_flush(timeout=30)
+    objects = sorted((tmp_path / "archive").rglob("*.jsonl.gz"))
+    lines = [line for path in objects for line in gzip_lines(path)]
+    targets = [json.loads(line)["target"]["id"] for line in lines]
+    assert sorted(targets, key=int) == [str(i) for i in range(n)]
+    report = verify_events(lines)
+    assert report.ok, report.findings
+    assert report.streams == 2
+    for org in ("org_0", "org_1", "org_2"):  # each process wrote its own object per partition
+        in_org = [p for p in objects if f"org_id={org}/" in p.as_posix()]
+        assert len(in_org) == 2
+        assert len({p.name for p in in_org}) == 2
+    assert auditor.stats().dropped == 0
+
+
+def gzip_lines(path: Path) -> list[bytes]:
+    return gzip.decompress(path.read_bytes()).splitlines()
