@@ -2,13 +2,18 @@
 
 By default each event runs through a private structlog processor chain (level, then orjson
 rendering; add your own with ``processors=``) and each batch is written to stdout in one
-write, leaving the application's structlog configuration alone. Pass ``logger=`` (e.g.
+write (to a pipe or socket: in writes of whole lines, each at most ``PIPE_BUF`` bytes, so that
+lines written by several processes never interleave), leaving the application's structlog
+configuration alone. Pass ``logger=`` (e.g.
 ``structlog.get_logger("audit")``) to route events through the application's own structlog
 configuration instead.
 """
 
 from __future__ import annotations
 
+import os
+import select
+import stat
 import sys
 from collections.abc import MutableMapping, Sequence
 from typing import IO, Any
@@ -26,6 +31,7 @@ __all__ = ["StructlogExporter"]
 
 _TAIL = b',"logger":"audit","level":"info"}\n'
 _MAX_TAILS = 1024
+_PIPE_BUF = select.PIPE_BUF  # a pipe takes a write this long or shorter whole (POSIX)
 
 
 def _render(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> bytes:
@@ -55,6 +61,7 @@ class StructlogExporter:
         self._app_logger = logger
         self._output = output
         self._file: IO[bytes] | None = None
+        self._pipe_fd = -1  # the file's descriptor when it is a pipe or socket
         self._owns_file = False
         # The chain a structlog BoundLogger would run, called directly: no per-event context
         # copies, and one write per batch instead of one per line.
@@ -87,6 +94,7 @@ class StructlogExporter:
                 self._owns_file = True
             else:
                 self._file = out
+            self._pipe_fd = _pipe_descriptor(self._file)
         return self._file
 
     def export(self, batch: Sequence[AuditEvent]) -> ExportResult:
@@ -115,8 +123,12 @@ class StructlogExporter:
                 lines.append(data)
         try:
             out = self._target()
-            out.write(b"".join(lines))
-            out.flush()
+            if self._pipe_fd < 0:
+                out.write(b"".join(lines))
+                out.flush()
+            else:
+                out.flush()  # anything written to it by other means first
+                _write_whole_lines(self._pipe_fd, b"".join(lines))
         except (OSError, ValueError):
             return ExportResult.FAILURE
         return ExportResult.SUCCESS
@@ -130,3 +142,37 @@ class StructlogExporter:
         if self._owns_file and self._file is not None:
             self._file.close()
             self._file = None
+
+
+def _pipe_descriptor(file: IO[bytes]) -> int:
+    """``file``'s descriptor if it is a pipe or a socket (what a container's or service
+    manager's log collector reads), else -1."""
+    try:
+        fd = file.fileno()
+        mode = os.fstat(fd).st_mode
+    except (OSError, ValueError, AttributeError):  # no descriptor (e.g. BytesIO), or closed
+        return -1
+    return fd if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) else -1
+
+
+def _write_whole_lines(fd: int, data: bytes) -> None:
+    """Write ``data`` (lines) to ``fd`` in writes of whole lines of at most ``PIPE_BUF`` bytes,
+    which a pipe never splits: lines of other processes writing the same pipe can fall between
+    two writes, never inside a line. A line longer than ``PIPE_BUF`` goes in a write of its own
+    (a pipe may split that one)."""
+    view = memoryview(data)
+    size = len(data)
+    start = 0
+    while start < size:
+        end = start + _PIPE_BUF
+        if end >= size:
+            end = size
+        else:
+            cut = data.rfind(b"\n", start, end)
+            if cut < 0:  # one line longer than PIPE_BUF: to its end
+                cut = data.find(b"\n", end)
+                end = size if cut < 0 else cut + 1
+            else:
+                end = cut + 1
+        while start < end:
+            start += os.write(fd, view[start:end])

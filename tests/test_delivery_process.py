@@ -790,3 +790,38 @@ def test_two_delivery_processes_archive_every_event_once_under_their_own_writers
 
 def gzip_lines(path: Path) -> list[bytes]:
     return gzip.decompress(path.read_bytes()).splitlines()
+
+
+def test_two_delivery_processes_writing_one_pipe_never_interleave_a_line(
+    auditors: Callable[..., Auditor],
+) -> None:
+    """A pipe takes a write of at most ``PIPE_BUF`` bytes whole; a longer one can be split
+    when the pipe is full, and another process's write can land in between. Lines of two
+    delivery processes, written while the reader lags, arrive whole."""
+    read, write = os.pipe()
+    n = 2000
+    try:
+        with os.fdopen(write, "wb") as output:
+            auditor = auditors(
+                exporters=[StructlogExporter(output=output)],
+                delivery_processes=2,
+                batch_size=500,
+                queue_size=n,
+            )
+            for i in range(n):
+                auditor.record("doc.updated", metadata={"i": i, "pad": "x" * (i % 700)})
+            data = b""
+            deadline = time.monotonic() + 30
+            while data.count(b"\n") < n and time.monotonic() < deadline:
+                time.sleep(0.001)  # a slow reader: the pipe fills, writers wait mid-batch
+                if select.select([read], [], [], 0.5)[0]:
+                    data += os.read(read, 4096)
+            assert auditor.force_flush(timeout=10)
+            process = auditor.delivery_process
+            assert process is not None
+            assert len(process.pids) == 2
+            auditor.shutdown(timeout=5)
+    finally:
+        os.close(read)
+    lines = data.splitlines()
+    assert sorted(json.loads(line)["metadata"]["i"] for line in lines) == list(range(n))

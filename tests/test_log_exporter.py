@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import io
+import os
+import select
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import orjson
+import pytest
 import structlog
 from structlog.testing import capture_logs
 
@@ -97,3 +101,60 @@ def test_the_direct_rendering_matches_structlogs_chain(
         "doc.action0",
         "doc.action1",
     ]
+
+
+def test_to_a_pipe_each_write_is_whole_lines_within_pipe_buf(
+    make_auditor: Callable[..., MemoryAuditor], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    auditor = make_auditor()
+    for i in range(60):
+        auditor.record("doc.updated", metadata={"i": i, "pad": "x" * (i * 37 % 900)})
+    long = {f"pad{j}": "y" * 480 for j in range(8)}  # within the metadata cap (4 KiB)
+    auditor.record("doc.updated", metadata={"i": 60, **long})  # a line over PIPE_BUF
+    events = auditor.wait_for(61)
+    writes: list[bytes] = []
+    real_write = os.write
+
+    def spy(fd: int, data: bytes | memoryview) -> int:
+        writes.append(bytes(data))
+        return real_write(fd, data)
+
+    monkeypatch.setattr("exporters.log.os.write", spy)
+    read, write = os.pipe()
+    received = b""
+    try:
+        with os.fdopen(write, "wb") as output:
+            exporter = StructlogExporter(output=output)
+            writer = threading.Thread(target=exporter.export, args=(events,))
+            writer.start()  # the pipe holds less than the batch: read while it writes
+            while received.count(b"\n") < 61:
+                received += os.read(read, 65536)
+            writer.join(5)
+    finally:
+        os.close(read)
+    assert received == b"".join(writes)
+    assert len(received.splitlines()) == 61
+    assert len(writes) > 10
+    for chunk in writes:
+        assert chunk.endswith(b"\n")
+        assert len(chunk) <= select.PIPE_BUF or chunk.count(b"\n") == 1
+    assert any(len(chunk) > select.PIPE_BUF for chunk in writes)  # the long line, alone
+
+
+def test_to_a_regular_file_a_batch_is_one_write(
+    make_auditor: Callable[..., MemoryAuditor], tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events = _events(make_auditor, 50)
+    calls: list[int] = []
+
+    def spy(fd: int, data: bytes) -> int:
+        calls.append(fd)
+        return 0
+
+    monkeypatch.setattr("exporters.log.os.write", spy)
+    path = tmp_path / "audit.jsonl"
+    exporter = StructlogExporter(output=str(path))
+    assert exporter.export(events) is ExportResult.SUCCESS
+    exporter.shutdown()
+    assert calls == []  # through the file object, not line by line
+    assert len(path.read_bytes().splitlines()) == 50
