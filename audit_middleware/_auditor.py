@@ -33,7 +33,7 @@ from audit_middleware._rules_file import load_rules_file
 from audit_middleware._sanitize import Redactor
 from audit_middleware._views import request_view
 from audit_middleware._warn import logger, warn_limited
-from audit_middleware._wire import Unpacker, plain_record
+from audit_middleware._wire import Unpacker, plain_record, plain_request
 from audit_middleware.integrity._chain import EventChain
 from audit_middleware.resolvers import ActorResolver, OrgResolver, scope_user_actor, scope_user_org
 
@@ -320,13 +320,21 @@ class Auditor:
         return events
 
     def _build_for_link(self, item: object) -> Sequence[AuditEvent]:
-        """Process delivery's build: a record that can cross as it is (``plain_record``) is
-        built in the delivery process, by the same builder from the same tuple; anything else
-        is built here. A failed login's record is built here: brute-force detection watches
-        for it in this process."""
+        """Process delivery's build: a record that can cross as it is (``plain_record``), and a
+        request whose captured facts can (``plain_request``), are built in the delivery
+        process, by the same builder from the same values; anything else is built here. A
+        failed login is built here: brute-force detection watches for it in this process."""
         if type(item) is tuple and plain_record(item) and item[0] not in self._failure_actions:
             # Not an event yet: the link, this pipeline's one exporter, packs it as it is.
             return (cast(AuditEvent, item),)
+        if type(item) is RequestContext and item.view is not None:
+            action = self.builder.request_action(item, item.view)
+            if action is None:
+                return ()  # no event: nothing to send
+            if action not in self._failure_actions:
+                flat = plain_request(item, item.view)
+                if flat is not None:
+                    return (cast(AuditEvent, flat),)
         return self._build_unsealed(item)
 
     # -- explicit events ------------------------------------------------------------------------
@@ -453,6 +461,7 @@ class Auditor:
         """The delivery process's pipeline: events arrive built, as plain tuples; it seals
         them, renders their lines and runs the exporters (called in that process)."""
         unpacker.build_record = self.builder.from_record
+        unpacker.build_request = self.builder.build
         event = unpacker.event
         return self._pipeline(
             self.exporters,
@@ -482,7 +491,9 @@ class Auditor:
 
 
 def _notify_observers(event: AuditEvent) -> None:
-    if _hooks.state.observers:
+    # A record or request crossing to the delivery process unbuilt (a plain tuple) is no event
+    # yet: it is built, and not observed, there (capture_audit_events() builds inline).
+    if _hooks.state.observers and type(event) is not tuple:
         try:
             _hooks.notify(event)
         except Exception:

@@ -17,7 +17,7 @@ import sys
 import textwrap
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -47,7 +47,7 @@ from audit_middleware._wire import Unpacker, pack_events, plain_record
 from audit_middleware.integrity import verify_events
 from exporters.archive import ArchiveExporter
 from exporters.log import StructlogExporter
-from tests.conftest import MemoryAuditor, eventually, serve, serve_wsgi
+from tests.conftest import LineFile, MemoryAuditor, eventually, serve, serve_wsgi
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,25 +81,6 @@ class FileExporter:
         if not self.path.exists():
             return []
         return [json.loads(line) for line in self.path.read_bytes().splitlines()]
-
-
-@pytest.fixture
-def auditors() -> Iterator[Callable[..., Auditor]]:
-    """Process-delivery auditors, shut down (their delivery processes stopped) after the test."""
-    made: list[Auditor] = []
-
-    def make(**options: object) -> Auditor:
-        options.setdefault("batch_interval", 0.01)
-        options.setdefault("environ", {})
-        auditor = Auditor(delivery="process", **options)  # type: ignore[arg-type]
-        made.append(auditor)
-        return auditor
-
-    yield make
-    for auditor in made:
-        auditor.shutdown(timeout=5.0)
-        process = auditor.delivery_process
-        assert process is None or process.pid == 0, "a delivery process outlived its shutdown"
 
 
 def _record(auditor: Auditor, first: int, n: int) -> None:
@@ -230,24 +211,6 @@ def test_a_record_crosses_unbuilt_only_when_marshal_carries_it_unchanged(
     assert not plain_record(traced[:9])  # not a record
     with pytest.raises(ValueError, match="no builder"):
         Unpacker().event(marshal.loads(pack_events([queued[0]]))[0])
-
-
-class LineFile:
-    """Appends each event's JSON line to a file (readable from the test's process)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def export(self, batch: Sequence[AuditEvent]) -> ExportResult:
-        with self.path.open("ab") as f:
-            f.writelines(event_line(event) for event in batch)
-        return ExportResult.SUCCESS
-
-    def force_flush(self, timeout: float | None = None) -> bool:
-        return True
-
-    def shutdown(self, timeout: float | None = None) -> None:
-        return None
 
 
 def _records_of_every_kind(auditor: Auditor) -> None:
