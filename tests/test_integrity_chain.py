@@ -247,6 +247,35 @@ def test_a_clean_restart_continues_the_stream_and_the_digest_chain(
     assert len(writers) == 3
 
 
+def test_restarts_with_two_delivery_processes_leave_every_stream_verifiable(
+    tmp_path: Path,
+) -> None:
+    """Each delivery process seals a stream of its own; at each restart the streams the last
+    run left are adopted (one continued, the others closed by their final digests)."""
+    key = generate_signing_key()
+    for run in range(3):
+        auditor = Auditor(
+            exporters=[_archive(tmp_path, signing_key=key)],
+            environ={},
+            batch_size=100,
+            batch_interval=0.01,
+            delivery="process",
+            delivery_processes=2,
+        )
+        _record(auditor, 600, start=600 * run)
+        assert auditor.shutdown(timeout=20)
+    root = tmp_path / "archive"
+    seqs = _check_chains(root)
+    assert len(seqs) >= 2
+    for stream in seqs.values():
+        assert stream == list(range(stream[0], stream[0] + len(stream)))
+    targets = sorted(int(event["target"]["id"]) for _, event in _events(root))
+    assert targets == list(range(1800))  # every event once
+    report = verify_archive(str(root), public_keys={key.fingerprint: key.public}, open_grace=0)
+    assert report.ok, report.findings
+    assert report.events == 1800
+
+
 def test_digests_are_written_every_interval_while_running(tmp_path: Path) -> None:
     key = generate_signing_key()
     archive = _archive(tmp_path, signing_key=key, max_age=0.05, digest_interval=0.2)
