@@ -485,32 +485,38 @@ class SlowLog(StructlogExporter):
         return super().export(batch)
 
 auditor = Auditor(
-    delivery="process", exporters=[SlowLog(output={log!r})], environ={{}}, batch_size=10,
+    delivery="process", exporters=[SlowLog(output={log!r})], environ={{}}, batch_size=128,
+    delivery_processes={processes},
 )
-for i in range(100):
+for i in range(256):
     auditor.record("doc.updated", metadata={{"i": i}})
+while len(auditor.delivery_process.pids) < {processes}:  # forked on the first frame
+    time.sleep(0.005)
 {ending}
 """
 
 
+@pytest.mark.parametrize("processes", [1, 2])
 @pytest.mark.parametrize("ending", ["exit", "os-exit"])
 def test_when_the_app_process_ends_the_delivery_process_delivers_and_exits(
-    tmp_path: Path, ending: str
+    tmp_path: Path, ending: str, processes: int
 ) -> None:
     """``exit``: interpreter exit, the pipeline shuts down at exit. ``os-exit``: no cleanup at
-    all, once the delivery process has confirmed every event queued (it is still exporting
-    them, slowly): it sees its socket close, delivers what it holds and exits."""
+    all, once the delivery processes have confirmed every event queued (they are still
+    exporting them, slowly): each sees its socket close (a sibling forked later holds no copy
+    of it), delivers what it holds and exits."""
     log = tmp_path / "audit.jsonl"
+    pids = "print(*auditor.delivery_process.pids, flush=True)"
     if ending == "exit":
-        tail = "print(auditor.delivery_process.pid, flush=True)\nsys.exit(0)"
+        tail = f"{pids}\nsys.exit(0)"
     else:
         tail = (
-            "while auditor.pipeline.stats().exporters[0].exported < 100:\n"
+            "while auditor.pipeline.stats().exporters[0].exported < 256:\n"
             "    time.sleep(0.005)\n"
-            "print(auditor.delivery_process.pid, flush=True)\n"
+            f"{pids}\n"
             "os._exit(0)"
         )
-    script = _EXIT_SCRIPT.format(root=str(ROOT), log=str(log), ending=tail)
+    script = _EXIT_SCRIPT.format(root=str(ROOT), log=str(log), ending=tail, processes=processes)
     result = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(script)],
         capture_output=True,
@@ -518,10 +524,12 @@ def test_when_the_app_process_ends_the_delivery_process_delivers_and_exits(
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    child = int(result.stdout.split()[-1])
-    assert eventually(lambda: not _alive(child), 15), "the delivery process did not exit"
+    children = [int(pid) for pid in result.stdout.split()]
+    assert len(children) == processes
+    gone = eventually(lambda: not any(_alive(child) for child in children), 15)
+    assert gone, "a delivery process did not exit"
     metas = sorted(json.loads(line)["metadata"]["i"] for line in log.read_bytes().splitlines())
-    assert metas == list(range(100))
+    assert metas == list(range(256))
 
 
 def test_the_delivery_process_holds_none_of_the_servers_sockets(
