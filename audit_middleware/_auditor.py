@@ -194,6 +194,12 @@ class Auditor:
                 pace=self._pace(),
             )
         else:
+            if config.delivery_processes > 1:
+                logger.warning(
+                    "audit: AUDIT_LOG_DELIVERY_PROCESSES=%d has no effect with thread delivery "
+                    "(set AUDIT_LOG_DELIVERY=process)",
+                    config.delivery_processes,
+                )
             self._chain_here = self.chain
             self.pipeline = self._pipeline(
                 self.exporters,

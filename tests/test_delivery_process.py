@@ -7,6 +7,7 @@ import asyncio
 import datetime
 import gzip
 import json
+import logging
 import marshal
 import os
 import select
@@ -629,7 +630,9 @@ def test_no_delivery_process_until_the_first_batch(auditors: Callable[..., Audit
 # -- several delivery processes -------------------------------------------------------------------
 
 
-def test_delivery_processes_are_configured_by_keyword_or_environment() -> None:
+def test_delivery_processes_are_configured_by_keyword_or_environment(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     env = {"AUDIT_LOG_DELIVERY": "process", "AUDIT_LOG_DELIVERY_PROCESSES": "3"}
     for auditor in (
         Auditor(exporters=[], environ=env),
@@ -646,6 +649,9 @@ def test_delivery_processes_are_configured_by_keyword_or_environment() -> None:
         assert default.delivery_process.processes == 1
     finally:
         default.shutdown(timeout=2)
+    with caplog.at_level(logging.WARNING, logger="audit_middleware"):
+        Auditor(exporters=[], delivery_processes=2, environ={}).shutdown(timeout=2)
+    assert "AUDIT_LOG_DELIVERY_PROCESSES=2 has no effect with thread delivery" in caplog.text
     for bad in ("0", "-1", "two", "65"):
         with pytest.raises(AuditConfigError, match="AUDIT_LOG_DELIVERY_PROCESSES"):
             Auditor(exporters=[], environ={**env, "AUDIT_LOG_DELIVERY_PROCESSES": bad})
