@@ -146,6 +146,21 @@ def auditors() -> Iterator[Callable[..., Auditor]]:
         assert process is None or process.pid == 0, "a delivery process outlived its shutdown"
 
 
+def built_here(auditor: Auditor) -> list[str]:
+    """The actions of the events ``auditor`` builds in this process from now on (not those
+    crossing to its delivery process unbuilt)."""
+    actions: list[str] = []
+    build = auditor._build_unsealed
+
+    def spy(item: object) -> Sequence[AuditEvent]:
+        events = build(item)
+        actions.extend(event.action for event in events)
+        return events
+
+    auditor._build_unsealed = spy  # type: ignore[method-assign]
+    return actions
+
+
 class LineFile:
     """An exporter appending each event's JSON line to a file (readable from the test's
     process, whichever process exports)."""

@@ -48,7 +48,14 @@ from audit_middleware._wire import Unpacker, pack_events, plain_record
 from audit_middleware.integrity import verify_events
 from exporters.archive import ArchiveExporter
 from exporters.log import StructlogExporter
-from tests.conftest import LineFile, MemoryAuditor, eventually, serve, serve_wsgi
+from tests.conftest import (
+    LineFile,
+    MemoryAuditor,
+    built_here,
+    eventually,
+    serve,
+    serve_wsgi,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -239,15 +246,7 @@ def test_records_built_by_the_delivery_process_equal_those_built_in_the_app(
 ) -> None:
     lines = LineFile(tmp_path / "lines.jsonl")
     auditor = auditors(exporters=[lines], brute_force_threshold=2)
-    built_here: list[str] = []
-    build = auditor._build_unsealed
-
-    def spy(item: object) -> Sequence[AuditEvent]:
-        events = build(item)
-        built_here.extend(event.action for event in events)
-        return events
-
-    auditor._build_unsealed = spy  # type: ignore[method-assign]
+    built = built_here(auditor)
     _records_of_every_kind(auditor)
     assert auditor.force_flush(timeout=10)
     crossed = [json.loads(line) for line in lines.path.read_bytes().splitlines()]
@@ -267,7 +266,7 @@ def test_records_built_by_the_delivery_process_equal_those_built_in_the_app(
             del got["metadata"], want["metadata"]
         assert got == want
     # plain records crossed unbuilt; the others, and the brute-force watch, stayed here
-    assert built_here == [
+    assert built == [
         "doc.shared",
         "doc.exported",
         "user.login.failed",
@@ -277,6 +276,18 @@ def test_records_built_by_the_delivery_process_equal_those_built_in_the_app(
 
 
 # -- the process ----------------------------------------------------------------------------------
+
+
+def _assert_all_exported(auditor: Auditor, n: int) -> None:
+    """``n`` events processed, none dropped or queued, exported by the log and mark files."""
+    stats = auditor.stats()
+    assert stats.processed == n
+    assert stats.dropped == 0
+    assert stats.queued == 0
+    assert [(e.name, e.exported) for e in stats.exporters] == [
+        ("StructlogExporter", n),
+        ("FileExporter", n),
+    ]
 
 
 def test_under_uvicorn_a_forked_process_seals_and_exports_every_event(
@@ -313,14 +324,7 @@ def test_under_uvicorn_a_forked_process_seals_and_exports_every_event(
     assert report.ok, report.findings
     assert report.streams == 1
     assert {row["pid"] for row in marks.rows()} == {process.pid}
-    stats = auditor.stats()
-    assert stats.processed == n
-    assert stats.dropped == 0
-    assert stats.queued == 0
-    assert [(e.name, e.exported) for e in stats.exporters] == [
-        ("StructlogExporter", n),
-        ("FileExporter", n),
-    ]
+    _assert_all_exported(auditor, n)
 
 
 def test_under_a_threaded_wsgi_server_every_request_is_delivered_once(
@@ -690,14 +694,7 @@ def test_two_delivery_processes_split_the_batches_and_deliver_every_event_once(
     report = verify_events(lines)
     assert report.ok, report.findings
     assert report.streams == 2
-    stats = auditor.stats()
-    assert stats.processed == n
-    assert stats.dropped == 0
-    assert stats.queued == 0
-    assert [(e.name, e.exported) for e in stats.exporters] == [
-        ("StructlogExporter", n),
-        ("FileExporter", n),
-    ]
+    _assert_all_exported(auditor, n)
 
 
 def test_a_batch_too_small_to_split_goes_whole_to_the_next_process_in_turn(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -16,7 +16,6 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from audit_middleware import (
-    AuditEvent,
     AuditMiddleware,
     Auditor,
     Rule,
@@ -28,7 +27,7 @@ from audit_middleware import (
 from audit_middleware._context import RequestContext
 from audit_middleware._views import RequestView
 from audit_middleware._wire import Unpacker, plain_request
-from tests.conftest import LineFile, MemoryAuditor, assert_valid
+from tests.conftest import LineFile, MemoryAuditor, assert_valid, built_here
 
 RULES = (
     Rule(
@@ -125,15 +124,7 @@ def test_requests_built_by_the_delivery_process_equal_those_built_in_the_app(
 ) -> None:
     lines = LineFile(tmp_path / "lines.jsonl")
     auditor = auditors(exporters=[lines], rules=RULES, brute_force_threshold=2)
-    built_here: list[str] = []
-    build = auditor._build_unsealed
-
-    def spy(item: object) -> Sequence[AuditEvent]:
-        events = build(item)
-        built_here.extend(event.action for event in events)
-        return events
-
-    auditor._build_unsealed = spy  # type: ignore[method-assign]
+    built = built_here(auditor)
     _requests(auditor)
     assert auditor.force_flush(timeout=10)
     crossed = sorted(lines.rows(), key=lambda e: (e["request"] or {}).get("id") or "~")
@@ -150,7 +141,7 @@ def test_requests_built_by_the_delivery_process_equal_those_built_in_the_app(
         assert _comparable(got) == _comparable(want)
     # what crossed unbuilt did not pass through this process's builder; failed logins (the
     # brute-force watch is on), a UUID path parameter and a date in metadata were built here
-    assert sorted(built_here) == [
+    assert sorted(built) == [
         "http.post",  # POST /dated
         "http.put",  # PUT /docs/<uuid>
         "user.login.failed",
