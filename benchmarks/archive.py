@@ -964,6 +964,15 @@ def diagnose(s: Sustained) -> tuple[bool, str]:
     ]
     if noop < TARGET_EPS and alone < TARGET_EPS:
         lines.append("Neither side reaches the target on its own: both need work to get there.")
+    two = s.median(SPOOL_ON_PROC2)
+    two_total = s.median_of(SPOOL_ON_PROC2, lambda r: r.process_cpu / r.events * 1e6)
+    two_cores = s.median_of(SPOOL_ON_PROC2, lambda r: r.process_cpu / r.seconds)
+    lines.append(
+        f"With 2 delivery processes: {two:,.0f} events/s at {two_total:.1f} µs of CPU per event "
+        f"in all processes, {two_cores:.2f} cores of {os.cpu_count()} (moto's server not "
+        f"counted); {TARGET_EPS:,.0f} events/s needs {two_total * TARGET_EPS / 1e6:.2f} cores "
+        "at that cost."
+    )
     text = "\n  ".join(lines)
     return bound, text
 
