@@ -13,10 +13,10 @@ processes a batch is split between them, which work on their parts side by side
 * **Acknowledged.** Each frame is answered once the child has sealed its events and handed
   them to its exporters' lanes (each with its own bounded backlog, as in thread delivery);
   the reply carries the child's counters. A child that dies or stops answering
-  (``reply_timeout``) is killed; the batch is sent again (retries with backoff) and a new child
-  takes the dead one's part, so an event can at worst arrive twice, never silently not at all.
-  Events a dead child had accepted but not delivered are counted as dropped (an upper bound:
-  its last counters).
+  (``reply_timeout``) is killed; the part of the batch it had not confirmed is sent again, to a
+  new child (retries with backoff), so an event can at worst arrive twice, never silently not
+  at all. Events a dead child had accepted but not delivered are counted as dropped (an upper
+  bound: its last counters).
 * **Stopped by its parent.** A child ignores SIGINT and SIGTERM and stops once its parent
   shuts the pipeline down or closes the socket (exits, or is killed): it then flushes and
   shuts its exporters down within ``shutdown_timeout``.
@@ -122,7 +122,11 @@ class DeliveryProcess:
         under different ids."""
         partial = self._partial
         parts = partial[1] if partial is not None and partial[0] is batch else self._split(batch)
-        calls = [(self._slots[slot], pack_events(batch[start:end])) for slot, start, end in parts]
+        whole = len(batch)
+        calls = [
+            (self._slots[slot], pack_events(batch if end - start == whole else batch[start:end]))
+            for slot, start, end in parts
+        ]
         answers = self._exchange(_EVENTS, calls, self.reply_timeout)
         missed: list[tuple[int, int, int]] = []
         with self._lock:
