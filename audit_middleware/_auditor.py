@@ -30,7 +30,7 @@ from audit_middleware._jwt_setup import jwt_from_config, jwt_from_rules_file
 from audit_middleware._pipeline import DeliveryPipeline, PipelineStats
 from audit_middleware._rules import Rule, RuleSet, Source, UnmatchedPolicy, is_valid_action
 from audit_middleware._rules_file import load_rules_file
-from audit_middleware._sanitize import Redactor
+from audit_middleware._sanitize import NEVER_RECORDED_HEADERS, Redactor
 from audit_middleware._views import request_view
 from audit_middleware._warn import logger, warn_limited
 from audit_middleware._wire import Unpacker, plain_record, plain_request
@@ -219,6 +219,13 @@ class Auditor:
                 "spool directory (AUDIT_LOG_EXPORTERS=archive, AUDIT_LOG_SPOOL_DIR=...)"
             )
         self.enabled = config.enabled
+        #: Request headers that stay in this process when a request crosses to the delivery
+        #: process: the secrets the builder never reads (the bearer token only with JWT).
+        self._secret_headers = frozenset(
+            name.encode("latin-1")
+            for name in NEVER_RECORDED_HEADERS
+            if name != "authorization" or self.builder.jwt is None
+        )
         self._valid_actions: set[str] = set()  # record() checks each action name once
         _default = self
 
@@ -338,7 +345,7 @@ class Auditor:
             if action is None:
                 return ()  # no event: nothing to send
             if action not in self._failure_actions:
-                flat = plain_request(item, item.view)
+                flat = plain_request(item, item.view, self._secret_headers)
                 if flat is not None:
                     return (cast(AuditEvent, flat),)
         return self._build_unsealed(item)

@@ -148,12 +148,15 @@ def plain_record(record: tuple[Any, ...]) -> bool:
     )
 
 
-def plain_request(ctx: RequestContext, view: RequestView) -> tuple[Any, ...] | None:
+def plain_request(
+    ctx: RequestContext, view: RequestView, drop: frozenset[bytes] = frozenset()
+) -> tuple[Any, ...] | None:
     """What the builder reads of a request (its ``view``, the response's facts, the handler's
     hints, the resolvers' results) as one tuple of exact built-in values, which ``marshal``
     carries unchanged, so that the delivery process builds the very event this process would
     have built (:meth:`Unpacker.request`); None when some part is not such a value (a path
-    parameter converted to a UUID, metadata holding objects, a status that is an enum...)."""
+    parameter converted to a UUID, metadata holding objects, a status that is an enum...).
+    Request headers named in ``drop`` (secrets the builder never reads) stay behind."""
     params: dict[Any, Any] | None = None
     if view.path_params:
         params = dict(view.path_params)
@@ -165,8 +168,14 @@ def plain_request(ctx: RequestContext, view: RequestView) -> tuple[Any, ...] | N
         return None
     if route is not None and type(route) is not str:
         return None
-    if not well_formed_headers(view.headers) or type(view.query) is not bytes:
+    headers = view.headers
+    if not well_formed_headers(headers) or type(view.query) is not bytes:
         return None
+    if drop:
+        for name, _ in headers:
+            if name in drop:
+                headers = [item for item in headers if item[0] not in drop]
+                break
     if type(ctx.status) is not int or type(ctx.duration_ns) is not int:
         return None
     error, action, resolved_org = ctx.error_type, ctx.action, ctx.resolved_org
@@ -204,7 +213,7 @@ def plain_request(ctx: RequestContext, view: RequestView) -> tuple[Any, ...] | N
         view.method,
         view.path,
         view.query,
-        view.headers,
+        headers,
         peer,
         params,
         route,

@@ -4,11 +4,13 @@ events this process would have built."""
 from __future__ import annotations
 
 import datetime
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
+import jwt as pyjwt
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -18,6 +20,7 @@ from starlette.testclient import TestClient
 from audit_middleware import (
     AuditMiddleware,
     Auditor,
+    JWTConfig,
     Rule,
     add_metadata,
     set_actor,
@@ -183,3 +186,44 @@ def test_a_request_crosses_unbuilt_only_when_every_part_is_a_plain_value() -> No
 
 class _Str(str):
     pass
+
+
+def test_secret_headers_the_builder_never_reads_stay_in_the_app_process() -> None:
+    secrets = [(b"cookie", b"sid=1"), (b"authorization", b"Bearer a.b.c"), (b"x-api-key", b"k")]
+    ctx, view = _context(headers=[(b"user-agent", b"ua"), *secrets])
+    drop = frozenset({b"cookie", b"authorization", b"x-api-key"})
+    flat = plain_request(ctx, view, drop)
+    assert flat is not None
+    assert flat[3] == [(b"user-agent", b"ua")]
+    assert view.headers[1:] == secrets  # the request's own list is left as it was
+    kept = plain_request(ctx, view, drop - {b"authorization"})  # JWT on: the bearer token
+    assert kept is not None
+    assert kept[3] == [(b"user-agent", b"ua"), (b"authorization", b"Bearer a.b.c")]
+
+
+async def _me(request: Request) -> Response:
+    return PlainTextResponse("ok")
+
+
+def test_with_jwt_the_delivery_process_reads_the_actor_from_the_bearer_token(
+    auditors: Callable[..., Auditor],
+    make_auditor: Callable[..., MemoryAuditor],
+    tmp_path: Path,
+) -> None:
+    secret = "s" * 32
+    config = JWTConfig(key=secret, algorithms=("HS256",))
+    claims = {"sub": "user_1", "email": "ada@example.com", "org_id": "org_9"}
+    token = pyjwt.encode({**claims, "exp": int(time.time()) + 3600}, secret, algorithm="HS256")
+    app = Starlette(routes=[Route("/settings", _me, methods=["PUT"])])
+    lines = LineFile(tmp_path / "lines.jsonl")
+    auditor = auditors(exporters=[lines], jwt=config)
+    reference = make_auditor(jwt=config)
+    for each in (auditor, reference):
+        client = TestClient(AuditMiddleware(app, auditor=each))
+        client.put("/settings", headers={"authorization": f"Bearer {token}", "cookie": "a=b"})
+    assert auditor.force_flush(timeout=10)
+    (got,) = lines.rows()
+    (want,) = reference.wait_for(1)
+    assert got["actor"] == want.to_dict()["actor"]
+    assert got["actor"]["id"] == "user_1"
+    assert got["org_id"] == want.org_id == "org_9"
