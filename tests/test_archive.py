@@ -138,20 +138,25 @@ def test_s3_outage_loses_nothing(
     assert archive.stats().retries >= 1
 
 
+@pytest.mark.parametrize("processes", [1, 2])
 def test_process_delivery_archives_to_s3_through_an_outage(
-    make_auditor: Callable[..., MemoryAuditor], s3: S3Endpoint, tmp_path: Path
+    make_auditor: Callable[..., MemoryAuditor], s3: S3Endpoint, tmp_path: Path, processes: int
 ) -> None:
-    """The archive runs in the delivery process, with the S3 client your process made (its
-    pooled connection, used at start-up, is not shared: the delivery process reconnects)."""
+    """The archive runs in the delivery processes, with the S3 client your process made (its
+    pooled connection, used at start-up, is not shared: each delivery process reconnects)."""
     archive = ArchiveExporter(
         f"s3://{BUCKET}/audit", s3_client=s3.client(), spool_dir=tmp_path / "spool", max_age=0.2
     )
-    auditor = make_auditor(exporters=[archive], delivery="process")
-    _record(auditor, 20)
-    assert auditor.force_flush(timeout=10)
+    auditor = make_auditor(
+        exporters=[archive], delivery="process", delivery_processes=processes, batch_size=10
+    )
+    for _ in range(2):  # a batch of 10 goes whole to the next delivery process in turn
+        _record(auditor, 10)
+        assert auditor.force_flush(timeout=10)
     process = auditor.delivery_process
     assert process is not None
-    assert process.pid not in (0, os.getpid())
+    assert len(process.pids) == processes
+    assert os.getpid() not in process.pids
     assert archive.stats().uploaded_events == 0  # not here: in the delivery process
     s3.stop()
     try:
