@@ -30,10 +30,10 @@ from audit_middleware._jwt_setup import jwt_from_config, jwt_from_rules_file
 from audit_middleware._pipeline import DeliveryPipeline, PipelineStats
 from audit_middleware._rules import Rule, RuleSet, Source, UnmatchedPolicy, is_valid_action
 from audit_middleware._rules_file import load_rules_file
-from audit_middleware._sanitize import NEVER_RECORDED_HEADERS, Redactor
+from audit_middleware._sanitize import Redactor
 from audit_middleware._views import request_view
 from audit_middleware._warn import logger, warn_limited
-from audit_middleware._wire import Unpacker, plain_record, plain_request
+from audit_middleware._wire import Unpacker, plain_record
 from audit_middleware.integrity._chain import EventChain
 from audit_middleware.resolvers import ActorResolver, OrgResolver, scope_user_actor, scope_user_org
 
@@ -219,13 +219,6 @@ class Auditor:
                 "spool directory (AUDIT_LOG_EXPORTERS=archive, AUDIT_LOG_SPOOL_DIR=...)"
             )
         self.enabled = config.enabled
-        #: Request headers that stay in this process when a request crosses to the delivery
-        #: process: the secrets the builder never reads (the bearer token only with JWT).
-        self._secret_headers = frozenset(
-            name.encode("latin-1")
-            for name in NEVER_RECORDED_HEADERS
-            if name != "authorization" or self.builder.jwt is None
-        )
         self._valid_actions: set[str] = set()  # record() checks each action name once
         _default = self
 
@@ -333,21 +326,13 @@ class Auditor:
         return events
 
     def _build_for_link(self, item: object) -> Sequence[AuditEvent]:
-        """Process delivery's build: a record that can cross as it is (``plain_record``), and a
-        request whose captured facts can (``plain_request``), are built in the delivery
-        process, by the same builder from the same values; anything else is built here. A
-        failed login is built here: brute-force detection watches for it in this process."""
+        """Process delivery's build: a record that can cross as it is (``plain_record``) is
+        built in the delivery process, by the same builder from the same tuple; anything else
+        is built here. A failed login's record is built here: brute-force detection watches
+        for it in this process."""
         if type(item) is tuple and plain_record(item) and item[0] not in self._failure_actions:
             # Not an event yet: the link, this pipeline's one exporter, packs it as it is.
             return (cast(AuditEvent, item),)
-        if type(item) is RequestContext and item.view is not None:
-            action = self.builder.request_action(item, item.view)
-            if action is None:
-                return ()  # no event: nothing to send
-            if action not in self._failure_actions:
-                flat = plain_request(item, item.view, self._secret_headers)
-                if flat is not None:
-                    return (cast(AuditEvent, flat),)
         return self._build_unsealed(item)
 
     # -- explicit events ------------------------------------------------------------------------
@@ -474,7 +459,6 @@ class Auditor:
         """The delivery process's pipeline: events arrive built, as plain tuples; it seals
         them, renders their lines and runs the exporters (called in that process)."""
         unpacker.build_record = self.builder.from_record
-        unpacker.build_request = self.builder.build
         event = unpacker.event
         return self._pipeline(
             self.exporters,
@@ -504,9 +488,7 @@ class Auditor:
 
 
 def _notify_observers(event: AuditEvent) -> None:
-    # A record or request crossing to the delivery process unbuilt (a plain tuple) is no event
-    # yet: it is built, and not observed, there (capture_audit_events() builds inline).
-    if _hooks.state.observers and type(event) is not tuple:
+    if _hooks.state.observers:
         try:
             _hooks.notify(event)
         except Exception:

@@ -132,32 +132,6 @@ class EventBuilder:
 
     # -- requests -----------------------------------------------------------------------------
 
-    def request_action(self, ctx: RequestContext, view: RequestView) -> str | None:
-        """The action of the event a request would make, or None when it makes none (rule
-        matching alone: cached, cheap)."""
-        status = ctx.status or 500
-        outcome = outcome_for_status(status, raised=ctx.error_type is not None)
-        return self._action(ctx, view, status, outcome)[0]
-
-    def _action(
-        self, ctx: RequestContext, view: RequestView, status: int, outcome: Outcome
-    ) -> tuple[str | None, RuleMatch]:
-        """The request's action (None: not audited) and the rule match it came from."""
-        key = (view.method, view.route, view.path)
-        match = self._matches.get(key) or self._match_miss(key)
-        if ctx.skip:
-            return None, match
-        rule = match.rule
-        action = ctx.action
-        if action is None and rule is not None:
-            spec = rule.action
-            if spec is None:
-                return None, match  # the rule says: never audit this route
-            action = spec if type(spec) is str else rule.action_for(status, outcome)
-        if action is None:
-            action = self.rules.default_action(view.method)
-        return action, match
-
     def _from_request(self, ctx: RequestContext) -> AuditEvent | None:
         if ctx.skip:
             return None
@@ -166,10 +140,19 @@ class EventBuilder:
             view = request_view(ctx.scope, ctx.protocol)
         status = ctx.status or 500
         outcome = outcome_for_status(status, raised=ctx.error_type is not None)
-        action, match = self._action(ctx, view, status, outcome)
-        if action is None:
-            return None
+        key = (view.method, view.route, view.path)
+        match = self._matches.get(key) or self._match_miss(key)
         rule = match.rule
+        action = ctx.action
+        if action is None and rule is not None:
+            spec = rule.action
+            if spec is None:
+                return None  # the rule says: never audit this route
+            action = spec if type(spec) is str else rule.action_for(status, outcome)
+        if action is None:
+            action = self.rules.default_action(view.method)
+            if action is None:
+                return None
         params = {str(k): str(v) for k, v in view.path_params.items()} if view.path_params else {}
         if match.params:
             params.update(match.params)

@@ -19,7 +19,6 @@ __all__ = [
     "request_view",
     "route_template",
     "status_number",
-    "well_formed_headers",
     "wsgi_headers",
     "wsgi_view",
 ]
@@ -82,7 +81,7 @@ def asgi_view(scope: Mapping[str, Any]) -> RequestView:
             method if type(method) is str else method_text(method),
             path if type(path) is str else _text(path, ""),
             query if type(query) is bytes else _query_bytes(query),
-            headers if well_formed_headers(headers) else _header_pairs(headers),
+            headers if _well_formed(headers) else _header_pairs(headers),
             host if type(host) is str or isinstance(host, str) else None,
             params if type(params) is dict or isinstance(params, Mapping) else _NO_PARAMS,
             route_template(fields) if "route" in fields else None,
@@ -139,7 +138,7 @@ def _query_bytes(value: object) -> bytes:
     return b""
 
 
-def well_formed_headers(headers: object) -> bool:
+def _well_formed(headers: object) -> bool:
     """Whether ``headers`` is a list or tuple of ``(bytes, bytes)`` tuples (what servers send)."""
     if type(headers) is not list and type(headers) is not tuple:
         return False

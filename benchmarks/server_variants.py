@@ -21,8 +21,7 @@ Variants (names can be combined with modifiers, e.g. ``audit-nogc``):
 * ``-b<n>``: pipeline batch size; ``-noint``: without the integrity chain;
 * ``-arch``: an archive exporter (local directory, disk spool) beside the log exporter;
 * ``-proc``: process delivery (``AUDIT_LOG_DELIVERY=process``); the CPU column then adds the
-  delivery process's CPU to the server's; ``-nocross`` with it: each request's event built in
-  the server, not in the delivery process (as before requests crossed unbuilt);
+  delivery process's CPU to the server's;
 * ``-pure``: the pure-Python modules, not the compiled ones (``AUDIT_LOG_PURE_PYTHON=1``);
 * ``-lb<n>``: requests built per event-loop turn (``loop_build``; ``-lb0``: all in the
   dispatcher thread, as before it was the default).
@@ -83,8 +82,6 @@ def serve(variant: str, conn: Connection) -> None:
         auditor.submit_request = lambda ctx: None  # type: ignore[method-assign]
     if variant.startswith("queued"):
         pipeline._build = lambda item: ()
-    if "-nocross" in variant:  # process delivery, every request built here
-        pipeline._build = auditor._build_unsealed
     if "-nogc" in variant:
         gc.disable()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
