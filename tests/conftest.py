@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,7 @@ import uvicorn
 from waitress import wasyncore
 from waitress.server import create_server
 
-from audit_middleware import AuditEvent, Auditor, ExportResult, _hooks, load_schema
-from audit_middleware._lines import event_line
+from audit_middleware import AuditEvent, Auditor, _hooks, load_schema
 from exporters import InMemoryExporter
 from tests.s3_server import S3Endpoint, running_s3
 
@@ -56,11 +54,10 @@ _validator = jsonschema.Draft202012Validator(
 )
 
 
-def assert_valid(event: AuditEvent | dict[str, Any]) -> None:
-    """Fail unless ``event`` (or an event's JSON, as a dict) conforms to the JSON Schema."""
-    data = event if isinstance(event, dict) else event.to_dict()
-    errors = sorted(_validator.iter_errors(data), key=str)
-    assert not errors, f"event {data['id']} violates the schema: {errors[0]}"
+def assert_valid(event: AuditEvent) -> None:
+    """Fail unless ``event`` conforms to the published JSON Schema."""
+    errors = sorted(_validator.iter_errors(event.to_dict()), key=str)
+    assert not errors, f"event {event.id} violates the schema: {errors[0]}"
 
 
 @pytest.fixture(autouse=True)
@@ -125,64 +122,6 @@ def make_auditor() -> Iterator[Callable[..., MemoryAuditor]]:
     yield make
     for auditor in made:
         auditor.shutdown(timeout=2.0)
-
-
-@pytest.fixture
-def auditors() -> Iterator[Callable[..., Auditor]]:
-    """Process-delivery auditors, shut down (their delivery processes stopped) after the test."""
-    made: list[Auditor] = []
-
-    def make(**options: Any) -> Auditor:
-        options.setdefault("batch_interval", 0.01)
-        options.setdefault("environ", {})
-        auditor = Auditor(delivery="process", **options)
-        made.append(auditor)
-        return auditor
-
-    yield make
-    for auditor in made:
-        auditor.shutdown(timeout=5.0)
-        process = auditor.delivery_process
-        assert process is None or process.pid == 0, "a delivery process outlived its shutdown"
-
-
-def built_here(auditor: Auditor) -> list[str]:
-    """The actions of the events ``auditor`` builds in this process from now on (not those
-    crossing to its delivery process unbuilt)."""
-    actions: list[str] = []
-    build = auditor._build_unsealed
-
-    def spy(item: object) -> Sequence[AuditEvent]:
-        events = build(item)
-        actions.extend(event.action for event in events)
-        return events
-
-    auditor._build_unsealed = spy  # type: ignore[method-assign]
-    return actions
-
-
-class LineFile:
-    """An exporter appending each event's JSON line to a file (readable from the test's
-    process, whichever process exports)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def export(self, batch: Sequence[AuditEvent]) -> ExportResult:
-        with self.path.open("ab") as f:
-            f.writelines(event_line(event) for event in batch)
-        return ExportResult.SUCCESS
-
-    def force_flush(self, timeout: float | None = None) -> bool:
-        return True
-
-    def shutdown(self, timeout: float | None = None) -> None:
-        return None
-
-    def rows(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
-        return [json.loads(line) for line in self.path.read_bytes().splitlines()]
 
 
 def _free_port() -> int:

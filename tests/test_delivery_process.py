@@ -18,7 +18,7 @@ import sys
 import textwrap
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -48,14 +48,7 @@ from audit_middleware._wire import Unpacker, pack_events, plain_record
 from audit_middleware.integrity import verify_events
 from exporters.archive import ArchiveExporter
 from exporters.log import StructlogExporter
-from tests.conftest import (
-    LineFile,
-    MemoryAuditor,
-    built_here,
-    eventually,
-    serve,
-    serve_wsgi,
-)
+from tests.conftest import MemoryAuditor, eventually, serve, serve_wsgi
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -89,6 +82,25 @@ class FileExporter:
         if not self.path.exists():
             return []
         return [json.loads(line) for line in self.path.read_bytes().splitlines()]
+
+
+@pytest.fixture
+def auditors() -> Iterator[Callable[..., Auditor]]:
+    """Process-delivery auditors, shut down (their delivery processes stopped) after the test."""
+    made: list[Auditor] = []
+
+    def make(**options: object) -> Auditor:
+        options.setdefault("batch_interval", 0.01)
+        options.setdefault("environ", {})
+        auditor = Auditor(delivery="process", **options)  # type: ignore[arg-type]
+        made.append(auditor)
+        return auditor
+
+    yield make
+    for auditor in made:
+        auditor.shutdown(timeout=5.0)
+        process = auditor.delivery_process
+        assert process is None or process.pid == 0, "a delivery process outlived its shutdown"
 
 
 def _record(auditor: Auditor, first: int, n: int) -> None:
@@ -221,6 +233,24 @@ def test_a_record_crosses_unbuilt_only_when_marshal_carries_it_unchanged(
         Unpacker().event(marshal.loads(pack_events([queued[0]]))[0])
 
 
+class LineFile:
+    """Appends each event's JSON line to a file (readable from the test's process)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def export(self, batch: Sequence[AuditEvent]) -> ExportResult:
+        with self.path.open("ab") as f:
+            f.writelines(event_line(event) for event in batch)
+        return ExportResult.SUCCESS
+
+    def force_flush(self, timeout: float | None = None) -> bool:
+        return True
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        return None
+
+
 def _records_of_every_kind(auditor: Auditor) -> None:
     auditor.record(
         "doc.updated",
@@ -246,7 +276,15 @@ def test_records_built_by_the_delivery_process_equal_those_built_in_the_app(
 ) -> None:
     lines = LineFile(tmp_path / "lines.jsonl")
     auditor = auditors(exporters=[lines], brute_force_threshold=2)
-    built = built_here(auditor)
+    built_here: list[str] = []
+    build = auditor._build_unsealed
+
+    def spy(item: object) -> Sequence[AuditEvent]:
+        events = build(item)
+        built_here.extend(event.action for event in events)
+        return events
+
+    auditor._build_unsealed = spy  # type: ignore[method-assign]
     _records_of_every_kind(auditor)
     assert auditor.force_flush(timeout=10)
     crossed = [json.loads(line) for line in lines.path.read_bytes().splitlines()]
@@ -266,7 +304,7 @@ def test_records_built_by_the_delivery_process_equal_those_built_in_the_app(
             del got["metadata"], want["metadata"]
         assert got == want
     # plain records crossed unbuilt; the others, and the brute-force watch, stayed here
-    assert built == [
+    assert built_here == [
         "doc.shared",
         "doc.exported",
         "user.login.failed",
