@@ -739,7 +739,8 @@ def test_a_batch_too_small_to_split_goes_whole_to_the_next_process_in_turn(
     auditors: Callable[..., Auditor], tmp_path: Path
 ) -> None:
     marks = FileExporter(tmp_path / "pids.jsonl")
-    auditor = auditors(exporters=[marks], delivery_processes=2, batch_size=10)
+    # Batches by size only (no interval): each round of 10 records is one batch of 10.
+    auditor = auditors(exporters=[marks], delivery_processes=2, batch_size=10, batch_interval=60)
     for first in range(0, 40, 10):
         _record(auditor, first, 10)
         assert auditor.force_flush(timeout=10)
