@@ -382,9 +382,7 @@ class DeliveryProcess:
             if child.sock is not None:
                 with contextlib.suppress(OSError):
                     child.sock.close()
-            child.sock, child.pid = None, 0
-            child.accepted = 0
-            child.counters = None
+        self._slots = tuple(_Child() for _ in self._slots)
         self._lock = threading.Lock()
         self._children = self._lost = self._lost_at_flush = 0
         self._retired = {}
