@@ -156,18 +156,27 @@ def serve_wsgi(app: Any, threads: int = 4) -> Iterator[str]:
     """Run ``app`` under waitress on loopback; yield its base URL."""
     port = _free_port()
     server = create_server(app, host="127.0.0.1", port=port, threads=threads)
-    thread = threading.Thread(target=server.run, daemon=True)
+    stop = threading.Event()
+
+    def run() -> None:
+        # waitress's own run() loops until its map is empty, and stopping it means closing the
+        # sockets from the loop's thread through its trigger pipe. A short select timeout and a
+        # flag stop it instead, whatever state the trigger is in; the sockets are closed here,
+        # in the loop's thread, so none is pulled out from under its select().
+        while not stop.is_set() and server._map:
+            wasyncore.loop(timeout=0.02, map=server._map, use_poll=True, count=1)
+        wasyncore.close_all(server._map)
+
+    thread = threading.Thread(target=run, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
-        deadline = time.monotonic() + 5  # let tasks finish before the trigger pipe closes
+        deadline = time.monotonic() + 5  # let tasks finish before the sockets close
         dispatcher = server.task_dispatcher
         while (dispatcher.active_count or dispatcher.queue) and time.monotonic() < deadline:
             time.sleep(0.01)
-        # Closed from the server's own loop thread: closing its sockets from here could pull a
-        # descriptor out from under the loop's select() (EBADF in the server thread).
-        server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
+        stop.set()
         thread.join(timeout=5)
         server.task_dispatcher.shutdown()
         assert not thread.is_alive(), "the WSGI server did not stop"
