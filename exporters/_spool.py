@@ -30,7 +30,7 @@ from typing import IO, Any, Final
 
 import orjson
 
-__all__ = ["ChainSpan", "Sealed", "Spool", "SpoolFull"]
+__all__ = ["ChainSpan", "Sealed", "Spool", "SpoolClosed", "SpoolFull"]
 
 _MAGIC = b"AUDITSPOOL1\n"
 _JOURNAL_MAGIC = b"AUDITJOURNAL1\n"
@@ -43,6 +43,11 @@ _MAX_JOURNALS: Final = 4
 
 class SpoolFull(Exception):
     """The spool is at its byte cap."""
+
+
+class SpoolClosed(OSError):
+    """The spool was closed (its exporter shut down or handed it over): nothing is written,
+    sealed or handed out for upload any more; its files stay for whoever adopts them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +164,7 @@ class Spool:
         self._lock_file: IO[bytes] | None = None
         self._dir: Path | None = None
         self._memory_state: dict[str, bytes] = {}
+        self._closed = False
         # Batches: appends are staged in _pending and written, once, when the outermost batch
         # ends; every change to the open segments happens under _batch_lock.
         self._batch_lock = threading.RLock()
@@ -240,6 +246,8 @@ class Spool:
         now: float,
         chain: ChainSpan | None,
     ) -> _Open:
+        if self._closed:
+            raise SpoolClosed("the spool is closed")
         data = b"".join(lines)
         journal = None if self._dir is None else self._current_journal()
         segment = self._open.get(partition)
@@ -301,6 +309,9 @@ class Spool:
 
     def _commit(self) -> None:
         """Write and fsync the staged records (hold ``_lock``); undo them if that fails."""
+        if self._closed and self._pending:  # closed mid-batch: its journal's descriptor is gone
+            self._rollback(abandon=False)
+            raise SpoolClosed("the spool was closed before the batch was written")
         if self._pending:
             journal = self._journal
             assert journal is not None
@@ -359,7 +370,7 @@ class Spool:
         """Compress the partition's open segment into an object ready for upload (inside a
         batch, what the batch staged is written first)."""
         with self._batch_lock, self._lock:
-            if partition not in self._open:
+            if self._closed or partition not in self._open:
                 return None
             self._commit()
             return self._seal(self._open.pop(partition))
@@ -371,7 +382,7 @@ class Spool:
 
     def open_segments(self) -> list[tuple[str, _Open]]:
         with self._lock:
-            return list(self._open.items())
+            return [] if self._closed else list(self._open.items())
 
     def _seal(self, segment: _Open, *, adopted: bool = False) -> Sealed | None:
         if segment.path is not None:
@@ -417,8 +428,9 @@ class Spool:
     # -- uploading -----------------------------------------------------------------------------
 
     def next_sealed(self) -> Sealed | None:
+        """The next object to upload; None when there is none, or once closed."""
         with self._lock:
-            return self._sealed[0] if self._sealed else None
+            return self._sealed[0] if self._sealed and not self._closed else None
 
     def pending(self) -> int:
         with self._lock:
@@ -546,8 +558,11 @@ class Spool:
             os.fsync(f.fileno())
 
     def close(self) -> None:
-        """Release the directory (its journals stay, for whoever adopts it)."""
+        """Release the directory (its journals stay, for whoever adopts it). A thread still
+        using the spool afterwards (an export or upload outliving a shutdown's deadline) gets
+        :class:`SpoolClosed` or nothing to do, never a descriptor closed here."""
         with self._lock:
+            self._closed = True
             for journal in self._journals:
                 os.close(journal.fd)
             self._journals.clear()

@@ -40,7 +40,7 @@ from audit_middleware.integrity._keys import SigningKey
 from exporters._archive_digests import DigestKeeper
 from exporters._gzip import gzip_encoder, resolve_engine
 from exporters._object_store import ObjectStore, S3Store, open_store
-from exporters._spool import ChainSpan, Sealed, Spool, SpoolFull
+from exporters._spool import ChainSpan, Sealed, Spool, SpoolClosed, SpoolFull
 
 __all__ = ["GLOBAL_ORG", "ArchiveExporter", "ArchiveStats"]
 
@@ -290,6 +290,14 @@ class ArchiveExporter:
                 "audit archive spool is full (%d bytes): refused %d events; they are retried "
                 "and counted by the pipeline",
                 self._spool_max_bytes,
+                len(batch),
+            )
+            return ExportResult.FAILURE
+        except SpoolClosed:
+            warn_limited(
+                "archive-closed",
+                "audit archive was shut down: refused %d events; they are retried and counted "
+                "by the pipeline",
                 len(batch),
             )
             return ExportResult.FAILURE

@@ -16,7 +16,8 @@ from typing import Any
 import orjson
 import pytest
 
-from audit_middleware import AuditConfigError, Auditor, Target
+from audit_middleware import AuditConfigError, Auditor, ExportResult, Target
+from exporters import InMemoryExporter
 from exporters.archive import GLOBAL_ORG, ArchiveExporter
 from tests.conftest import MemoryAuditor
 from tests.s3_server import S3Endpoint
@@ -200,6 +201,27 @@ def test_spool_cap_refuses_and_counts(
     assert stats.exporters[0].dropped == refused  # the pipeline counted every refused event
     assert archive.stats().spooled_events + refused == 40
     assert archive.stats().spool_bytes <= 4000
+
+
+def test_an_export_after_shutdown_is_refused_not_written_to_a_released_spool(
+    make_auditor: Callable[..., MemoryAuditor], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A lane outliving the shutdown's deadline exports late: FAILURE (the pipeline counts
+    it), and no journal appears in the directory the next process may already be adopting."""
+    memory = InMemoryExporter()
+    archive = ArchiveExporter(str(tmp_path / "archive"), spool_dir=tmp_path / "spool")
+    auditor = make_auditor(exporters=[archive, memory])
+    auditor.memory = memory
+    _record(auditor, 3)
+    events = auditor.wait_for(3)
+    archive.shutdown(timeout=10)
+    journals = sorted((tmp_path / "spool").rglob("*.jnl"))
+    with caplog.at_level(logging.WARNING, logger="audit_middleware"):
+        assert archive.export(events) is ExportResult.FAILURE
+    assert sorted((tmp_path / "spool").rglob("*.jnl")) == journals
+    assert "audit archive was shut down: refused 3 events" in caplog.text
+    assert "Traceback" not in caplog.text
+    assert archive.stats().uploaded_events == 3
 
 
 _WRITER = """

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from exporters import _spool
-from exporters._spool import ChainSpan, Spool, SpoolFull
+from exporters._spool import ChainSpan, Spool, SpoolClosed, SpoolFull
 
 
 def _raw(data: bytes) -> bytes:
@@ -161,6 +161,49 @@ def test_a_segment_sealed_before_a_crash_is_adopted_once(spools: Callable[..., S
     assert survivor.adopt_orphans() == 2
     assert sorted(s.key for s in survivor.sealed()) == ["org_a/object.jsonl", "org_b/object.jsonl"]
     assert _objects(survivor)["org_a/object.jsonl"] == b"".join(_lines("a", 2))
+
+
+def test_a_closed_spool_never_touches_a_descriptor_it_closed(
+    spools: Callable[..., Spool], tmp_path: Path
+) -> None:
+    """An export or upload outliving a shutdown's deadline uses the spool after close(): it
+    gets SpoolClosed or nothing to do, never the journal's old descriptor number, which the
+    process may have given to another file by then."""
+    spool = spools()
+    spool.append("org_a", _key("org_a"), _lines("kept", 2), now=0.0)
+    spool.close()
+    foreign = tmp_path / "foreign"
+    foreign.write_bytes(b"another component's bytes\n")
+    fd = os.open(foreign, os.O_RDWR)  # likely the journal's old number
+    try:
+        assert spool.seal("org_a") is None
+        assert spool.seal_all() == []
+        assert spool.open_segments() == []
+        assert spool.next_sealed() is None
+        with pytest.raises(SpoolClosed):
+            spool.append("org_a", _key("org_a"), _lines("late", 1), now=0.0)
+    finally:
+        os.close(fd)
+    assert foreign.read_bytes() == b"another component's bytes\n"
+    survivor = spools("w2")  # what was spooled before the close is adopted, whole
+    assert survivor.adopt_orphans() == 1
+    assert _objects(survivor) == {"org_a/object.jsonl": b"".join(_lines("kept", 2))}
+
+
+def test_a_spool_closed_during_a_batch_refuses_the_batch(spools: Callable[..., Spool]) -> None:
+    spool = spools()
+    spool.append("org_a", _key("org_a"), _lines("kept", 1), now=0.0)
+
+    def close_mid_batch() -> None:
+        with spool.batch():
+            spool.append("org_a", _key("org_a"), _lines("staged", 1), now=0.0)
+            spool.close()  # as another thread's shutdown would, between append and write
+
+    with pytest.raises(SpoolClosed):
+        close_mid_batch()
+    survivor = spools("w2")
+    assert survivor.adopt_orphans() == 1
+    assert _objects(survivor) == {"org_a/object.jsonl": b"".join(_lines("kept", 1))}
 
 
 @pytest.fixture
