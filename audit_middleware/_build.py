@@ -62,8 +62,13 @@ def compiled_modules() -> tuple[str, ...]:
 
 def build_summary() -> str:
     """One line for benchmark reports: which build of the hot modules this process runs."""
-    for entry in ("audit_middleware._asgi", "audit_middleware.integrity._chain"):
-        importlib.import_module(entry)  # the request path and the dispatcher's, all hot modules
+    hot_entries = (
+        "audit_middleware._asgi",
+        "audit_middleware.integrity._chain",
+        "audit_middleware._partition",
+    )
+    for entry in hot_entries:  # the request path's, the dispatcher's and the archive's
+        importlib.import_module(entry)
     compiled = compiled_modules()
     if compiled:
         return f"compiled with mypyc: {len(compiled)} hot modules (scripts/compile.py)"

@@ -248,7 +248,7 @@ class Spool:
     ) -> _Open:
         if self._closed:
             raise SpoolClosed("the spool is closed")
-        data = b"".join(lines)
+        size = sum(map(len, lines))  # (joined once, with the whole batch, when it is written)
         journal = None if self._dir is None else self._current_journal()
         segment = self._open.get(partition)
         created = segment is None
@@ -256,8 +256,8 @@ class Spool:
             segment = _Open(key=new_key(), created=now, ident=next(self._segment_ids))
         header = b""
         if journal is not None:
-            header = b"#" + orjson.dumps([segment.ident, segment.key, len(data)]) + b"\n"
-        if self._used + len(header) + len(data) > self.max_bytes:
+            header = b"#" + orjson.dumps([segment.ident, segment.key, size]) + b"\n"
+        if self._used + len(header) + size > self.max_bytes:
             raise SpoolFull(f"spool at its cap of {self.max_bytes} bytes")
         if created:
             self._open[partition] = segment
@@ -276,15 +276,16 @@ class Spool:
             )
         )
         if journal is not None:
-            self._pending += (header, data)
-            segment.chunks.append((journal, journal.end + len(header), len(data)))
-            journal.end += len(header) + len(data)
+            self._pending.append(header)
+            self._pending += lines
+            segment.chunks.append((journal, journal.end + len(header), size))
+            journal.end += len(header) + size
             journal.live.add(segment.ident)
         else:
-            segment.lines.append(data)
+            segment.lines.append(b"".join(lines))
         segment.events += len(lines)
-        segment.size += len(data)
-        self._used += len(header) + len(data)  # journals count as they are on disk
+        segment.size += size
+        self._used += len(header) + size  # journals count as they are on disk
         if chain is not None:
             if segment.chain is not None and chain.first <= segment.chain.last:
                 segment.unsorted = True

@@ -34,6 +34,7 @@ from urllib.parse import quote
 from audit_middleware._batch import batch_lines
 from audit_middleware._event import AuditEvent
 from audit_middleware._export import ExportResult
+from audit_middleware._partition import group_by_partition
 from audit_middleware._warn import logger, warn_limited
 from audit_middleware.integrity._chain import ChainHead
 from audit_middleware.integrity._keys import SigningKey
@@ -254,19 +255,10 @@ class ArchiveExporter:
                 return ExportResult.SUCCESS
         spool = self._ensure_started()
         now = time.time()
-        groups: dict[tuple[str | None, str], tuple[list[AuditEvent], list[bytes]]] = {}
-        for event, line in zip(batch, batch_lines(batch), strict=True):
-            key = (event.org_id, event.occurred_at[:10])
-            group = groups.get(key)
-            if group is None:
-                groups[key] = ([event], [line])
-            else:
-                group[0].append(event)
-                group[1].append(line)
+        groups = group_by_partition(batch, batch_lines(batch))
         try:
             with spool.batch():  # every partition's lines in one journal write and fsync
-                for (org_id, day), (unordered, unordered_lines) in groups.items():
-                    events, lines = _in_seq_order(unordered, unordered_lines)
+                for (org_id, day), (events, lines) in groups.items():
                     org = GLOBAL_ORG if org_id is None else _partition_value(org_id)
                     partition = f"{org}/{day}"
                     start = 0
@@ -501,20 +493,6 @@ def _span(first_event: AuditEvent, last_event: AuditEvent) -> ChainSpan | None:
     if first is None or last is None:
         return None
     return ChainSpan(first["stream"], first["seq"], last["seq"], last["hash"])
-
-
-def _in_seq_order(
-    events: list[AuditEvent], lines: list[bytes]
-) -> tuple[list[AuditEvent], list[bytes]]:
-    """Events and their lines sorted by chain position when the events carry one and are not
-    already in order (stable: lines without one first)."""
-    if events[0].integrity is None:
-        return events, lines
-    seqs = [0 if e.integrity is None else e.integrity["seq"] for e in events]
-    if seqs == sorted(seqs):
-        return events, lines
-    order = sorted(range(len(seqs)), key=seqs.__getitem__)
-    return [events[i] for i in order], [lines[i] for i in order]
 
 
 def _encode_parquet(raw: bytes) -> bytes:

@@ -23,6 +23,7 @@ from audit_middleware import (
     Target,
     compiled_modules,
 )
+from audit_middleware._partition import group_by_partition
 from audit_middleware.integrity._chain import ChainHead, EventChain
 from audit_middleware.integrity._document import canonical_json
 from exporters import InMemoryExporter
@@ -33,6 +34,7 @@ HOT = (
     "audit_middleware._context",
     "audit_middleware._ids",
     "audit_middleware._lines",
+    "audit_middleware._partition",
     "audit_middleware._sanitize",
     "audit_middleware._views",
     "audit_middleware._wire",
@@ -123,6 +125,12 @@ def main() -> None:
                       for e in fixed_events()],
         "lines": [line.decode() for line in sealed.lines or []],
         "middleware": middleware_events(),
+        "partitions": [
+            [list(map(str, key)), [e.id for e in events], [line.decode() for line in lines]]
+            for key, (events, lines) in group_by_partition(
+                sealed[::-1], (sealed.lines or [])[::-1]
+            ).items()
+        ],
     }  # fmt: skip
     print(json.dumps(report))
 

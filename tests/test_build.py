@@ -65,9 +65,15 @@ def test_the_compiled_build_runs_where_a_compiler_built_it(default: dict[str, An
 
 
 def test_both_builds_produce_identical_bytes(pure: dict[str, Any], default: dict[str, Any]) -> None:
-    for part in ("canonical", "lines", "middleware"):
+    for part in ("canonical", "lines", "middleware", "partitions"):
         assert default[part] == pure[part], part
     assert len(pure["lines"]) == 3
+    # the sealed events, reversed, grouped by org and day: each group back in chain order
+    assert [(key, ids) for key, ids, _ in pure["partitions"]] == [
+        (["None", "2026-11-27"], ["e1", "e3"]),
+        (["acme", "2026-11-27"], ["e2"]),
+    ]
+    assert pure["partitions"][0][2] == [pure["lines"][0], pure["lines"][2]]
     assert len(pure["middleware"]) == 2  # the health check is a read no rule names
     login = pure["middleware"][0]
     assert login["action"] == "user.login.failed"
