@@ -260,11 +260,14 @@ def looks_like_secret_value(value: object) -> bool:
     """
     if not isinstance(value, str):
         return False
-    scheme = _AUTH_SCHEME_RE.fullmatch(value)
-    if scheme is not None and (
-        scheme.group(1).lower() == "bearer" or _is_basic_credential(scheme.group(2))
-    ):
-        return True
+    # The scheme needs whitespace after it; in a printable string the ASCII space is the only
+    # whitespace (str.isprintable excludes every other character \s matches).
+    if " " in value or not value.isprintable():
+        scheme = _AUTH_SCHEME_RE.fullmatch(value)
+        if scheme is not None and (
+            scheme.group(1).lower() == "bearer" or _is_basic_credential(scheme.group(2))
+        ):
+            return True
     return _may_hold_token(value) and _TOKEN_RE.search(value) is not None
 
 

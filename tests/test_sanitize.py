@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import re
 import string
+import sys
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -165,6 +167,9 @@ def test_clean_text_property_never_cuts_an_escape(value: str, max_length: int) -
         pytest.param("  BEARER xyz==  ", id="bearer-upper-padded"),
         pytest.param("Basic dXNlcjpwYXNzd29yZA==", id="basic"),
         pytest.param("basic YWxhZGRpbjpvcGVuc2VzYW1l", id="basic-lowercase-unpadded"),
+        pytest.param("Bearer\u00a0abc123", id="bearer-no-break-space"),
+        pytest.param("Bearer\tabc123", id="bearer-tab"),
+        pytest.param("\u2028Basic dXNlcjpwYXNzd29yZA==", id="basic-line-separator"),
         pytest.param(JWT, id="jwt"),
         pytest.param(f"redirect?id_token={JWT}&x=1", id="jwt-embedded"),
         pytest.param("AKIAIOSFODNN7EXAMPLE", id="aws-akia"),
@@ -206,6 +211,16 @@ def test_the_token_prefilter_never_hides_a_match(text: str) -> None:
     # pattern would match.
     if _TOKEN_RE.search(text) is not None:
         assert _may_hold_token(text)
+
+
+def test_the_scheme_prefilter_never_hides_a_match() -> None:
+    # looks_like_secret_value tries the scheme pattern only on strings with a space or an
+    # unprintable character: every other character \s matches must be unprintable.
+    whitespace = re.compile(r"\s")
+    for code in range(sys.maxunicode + 1):
+        char = chr(code)
+        if whitespace.fullmatch(char) and char != " ":
+            assert not char.isprintable(), hex(code)
 
 
 @pytest.mark.parametrize(
