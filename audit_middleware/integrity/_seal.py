@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import orjson
 
 from audit_middleware._event import AuditEvent
-from audit_middleware._lines import LINE, event_line, full_document
+from audit_middleware._lines import event_line, full_document
 from audit_middleware.integrity._document import canonical_json
 
 __all__ = ["seal_events"]
@@ -40,7 +40,7 @@ def seal_events(
         if lines is not None:
             full = full_document(event)
             full["integrity"] = integrity
-            lines.append(orjson.dumps(full, option=LINE))
+            lines.append(orjson.dumps(full) + b"\n")
         sealed.append(_new(AuditEvent, (
             event[0], event[1], event[2], event[3], event[4], event[5], event[6],
             event[7], event[8], event[9], event[10], event[11], integrity, event[13],
