@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import tracemalloc
 from collections.abc import Sequence
 from types import MappingProxyType
 
@@ -13,7 +14,8 @@ from audit_middleware import Actor, Auditor
 from audit_middleware._batch import EventBatch, batch_lines, new_batch
 from audit_middleware._event import AuditEvent, ClientInfo, RequestInfo
 from audit_middleware._export import ExportResult
-from audit_middleware._lines import IdentityCache
+from audit_middleware._lines import IdentityCache, event_line
+from audit_middleware.integrity._chain import ChainHead, EventChain
 from exporters.log import StructlogExporter
 
 
@@ -44,6 +46,24 @@ def test_shared_parts_render_each_event_correctly() -> None:
     events = [_event(n, clients[n % 2], headers[n // 2 % 2]) for n in range(8)]
     lines = batch_lines(events)
     assert lines == [orjson.dumps(e.to_dict()) + b"\n" for e in events]
+
+
+def test_rendered_lines_take_about_their_length_in_memory() -> None:
+    """Lines wait in queues, batches and lanes by the thousand: each must hold about its own
+    bytes, not a serializer's working buffer (orjson's results keep 4 KiB each)."""
+    client, headers = ClientInfo("10.0.0.1"), MappingProxyType({"host": "x"})
+    events = [_event(n, client, headers) for n in range(2000)]
+    chain = EventChain(lambda: ChainHead("memory-probe"))
+    tracemalloc.start()
+    try:
+        sealed = chain.seal(events)
+        rendered = [event_line(e) for e in sealed]
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert sealed.lines is not None
+    size = sum(map(len, sealed.lines)) + sum(map(len, rendered))
+    assert held < 2 * size, f"{held} bytes held for {size} bytes of lines"
 
 
 def test_a_batch_with_missing_or_stale_lines_is_rendered_again() -> None:

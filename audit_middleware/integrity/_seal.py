@@ -40,7 +40,7 @@ def seal_events(
         if lines is not None:
             full = full_document(event)
             full["integrity"] = integrity
-            lines.append(orjson.dumps(full) + b"\n")
+            lines.append(orjson.dumps(full) + b"\n")  # compact: see event_line
         sealed.append(_new(AuditEvent, (
             event[0], event[1], event[2], event[3], event[4], event[5], event[6],
             event[7], event[8], event[9], event[10], event[11], integrity, event[13],
