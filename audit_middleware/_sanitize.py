@@ -153,6 +153,7 @@ _TOKEN_RE: Final = re.compile(
     """,
     re.VERBOSE,
 )
+_TOKEN_MIN_LENGTH: Final = 15  # the shortest text _TOKEN_RE can match (a Slack token)
 
 _CAMEL_RE: Final = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 _WORD_RE: Final = re.compile(r"[^\W\d_]+|\d+")
@@ -268,7 +269,11 @@ def looks_like_secret_value(value: object) -> bool:
             scheme.group(1).lower() == "bearer" or _is_basic_credential(scheme.group(2))
         ):
             return True
-    return _may_hold_token(value) and _TOKEN_RE.search(value) is not None
+    return (
+        len(value) >= _TOKEN_MIN_LENGTH
+        and _may_hold_token(value)
+        and _TOKEN_RE.search(value) is not None
+    )
 
 
 def _may_hold_token(text: str) -> bool:

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from audit_middleware._sanitize import (
+    _TOKEN_MIN_LENGTH,
     _TOKEN_RE,
     DEFAULT_HEADER_ALLOWLIST,
     DEFAULT_SECRET_KEY_PARTS,
@@ -211,6 +212,12 @@ def test_the_token_prefilter_never_hides_a_match(text: str) -> None:
     # pattern would match.
     if _TOKEN_RE.search(text) is not None:
         assert _may_hold_token(text)
+
+
+def test_no_token_is_shorter_than_the_length_below_which_none_is_looked_for() -> None:
+    shortest, _ = re._parser.parse(_TOKEN_RE.pattern, _TOKEN_RE.flags).getwidth()  # type: ignore[attr-defined]
+    assert shortest == _TOKEN_MIN_LENGTH
+    assert looks_like_secret_value("xoxb-0123456789")  # exactly that long
 
 
 def test_the_scheme_prefilter_never_hides_a_match() -> None:
