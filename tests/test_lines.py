@@ -63,7 +63,8 @@ def test_rendered_lines_take_about_their_length_in_memory() -> None:
         tracemalloc.stop()
     assert sealed.lines is not None
     size = sum(map(len, sealed.lines)) + sum(map(len, rendered))
-    assert held < 2 * size, f"{held} bytes held for {size} bytes of lines"
+    # (the sealed events count too: about 1.5x in all; with 4 KiB per line, 13x)
+    assert held < 4 * size, f"{held} bytes held for {size} bytes of lines"
 
 
 def test_a_batch_with_missing_or_stale_lines_is_rendered_again() -> None:
