@@ -247,7 +247,7 @@ class EventBuilder:
 
     def _org(self, org: object) -> str:
         """The org id, cleaned (org ids repeat: cached when short)."""
-        text = str(org)
+        text = org if type(org) is str else str(org)
         if len(text) > 256:
             return self._org_uncached(text)
         return self._org_values.get(text) or _remember(
@@ -341,7 +341,7 @@ class EventBuilder:
                 request,
                 client,
                 None,
-                self.redactor.metadata(dict(zip(keys, values, strict=True))) if keys else _EMPTY,
+                self.redactor.metadata_pairs(keys, values) if keys else _EMPTY,
                 trace,
                 None,
                 SCHEMA_VERSION,

@@ -15,6 +15,7 @@ wait in a backlog.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Final
 
 import orjson
@@ -60,6 +61,7 @@ def full_document(event: AuditEvent) -> dict[str, Any]:
         if part is None:
             part = _full_clients.put(client, client.to_dict())
     trace = event.trace
+    metadata = event.metadata
     return {
         "schema_version": event.schema_version,
         "id": event.id,
@@ -72,9 +74,15 @@ def full_document(event: AuditEvent) -> dict[str, Any]:
         "request": None if request is None else _full_request(request),
         "client": part,
         "error": None if event.error is None else {"type": event.error.type},
-        "metadata": dict(event.metadata) if event.metadata else _NOTHING,
-        "trace": None if trace is None else dict(trace),
+        "metadata": _as_dict(metadata) if metadata else _NOTHING,
+        "trace": None if trace is None else _as_dict(trace),
     }
+
+
+def _as_dict(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    """``mapping`` as a dict orjson serializes: itself when it is one (documents are only
+    serialized), else a copy (e.g. of a read-only view)."""
+    return mapping if type(mapping) is dict else dict(mapping)
 
 
 def _full_request(request: RequestInfo) -> dict[str, Any]:
@@ -90,7 +98,7 @@ def _full_request(request: RequestInfo) -> dict[str, Any]:
         "status": request.status,
         "duration_ms": request.duration_ms,
         "completed": request.completed,
-        "query": dict(request.query) if request.query else _NOTHING,
+        "query": _as_dict(request.query) if request.query else _NOTHING,
         "headers": flat,
     }
 

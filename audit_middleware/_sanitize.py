@@ -24,7 +24,7 @@ import contextlib
 import functools
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from itertools import islice
 from typing import Any, Final, TypeAlias
 from urllib.parse import parse_qsl
@@ -562,16 +562,40 @@ class Redactor:
         except Exception:  # last-resort guard: auditing must never break the request
             return {_TRUNCATED_KEY: True}
 
+    def metadata_pairs(
+        self, keys: tuple[Any, ...], values: tuple[Any, ...]
+    ) -> dict[str, JSONValue]:
+        """:meth:`metadata` of ``dict(zip(keys, values))`` (equal-length tuples, as ``record()``
+        queues a mapping), without making that dict in the common case."""
+        try:
+            if len(keys) == len(values):
+                pairs = zip(keys, values)  # noqa: B905 - equal lengths, checked (strict=True is slower)
+                fast = self._metadata_flat_pairs(pairs, len(keys))
+                if fast is not None:
+                    return fast
+        except Exception:  # noqa: S110 - the full path below has its own last-resort guard
+            pass
+        return self.metadata(dict(zip(keys, values, strict=True)))
+
     def _metadata_flat(self, data: object) -> dict[str, JSONValue] | None:
         """The common case in a fraction of the time: a small flat dict of printable str keys
         and plain scalars, well inside every limit. Anything else returns None (full path).
         The result equals what the full path gives for the same input."""
-        if type(data) is not dict or len(data) > self._max_keys:
+        if type(data) is not dict:
+            return None
+        return self._metadata_flat_pairs(iter(data.items()), len(data))
+
+    def _metadata_flat_pairs(
+        self, pairs: Iterator[tuple[Any, Any]], count: int
+    ) -> dict[str, JSONValue] | None:
+        """:meth:`_metadata_flat` of ``count`` key-value pairs (a repeated key counts twice and
+        keeps its last value, as in a dict built from them)."""
+        if count > self._max_keys:
             return None
         out: dict[str, JSONValue] = {}
         size = 2
         limit = self._max_string
-        for key, value in data.items():
+        for key, value in pairs:
             if type(key) is not str or not 0 < len(key) <= 100 or not key.isprintable():
                 return None
             kind = type(value)

@@ -791,3 +791,24 @@ def test_flat_metadata_takes_the_fast_path_and_still_redacts() -> None:
     fast = redactor._metadata_flat(data)
     assert fast == {"reason": "dup", "count": 3, "password": REDACTED, "note": REDACTED}
     assert fast == redactor._fit(*redactor._metadata_top(data))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.text(max_size=120), flat_values), max_size=60),
+    st.integers(min_value=1, max_value=80),
+)
+def test_metadata_from_pairs_equals_metadata_of_their_dict(
+    pairs: list[tuple[str, object]], max_keys: int
+) -> None:
+    # record() queues metadata as a tuple of keys and one of values; repeated keys (which a
+    # dict would have merged) and every limit give what the dict of the pairs gives.
+    redactor = Redactor(max_metadata_bytes=2048, max_keys=max_keys)
+    keys = tuple(key for key, _ in pairs)
+    values = tuple(value for _, value in pairs)
+    assert redactor.metadata_pairs(keys, values) == redactor.metadata(dict(pairs))
+
+
+def test_metadata_from_pairs_refuses_tuples_of_different_lengths() -> None:
+    with pytest.raises(ValueError, match="zip"):
+        Redactor().metadata_pairs(("a", "b"), (1,))

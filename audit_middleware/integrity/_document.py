@@ -115,9 +115,10 @@ def _sorted(mapping: dict[str, Any]) -> dict[str, Any]:
 
 
 def _flat(mapping: Mapping[str, Any]) -> dict[str, Any]:
-    """``prune(mapping)``, fast when every value is a plain scalar."""
+    """``prune(mapping)``, fast when every value is a plain scalar (then ``mapping`` itself
+    when it is a dict: the result is only serialized)."""
     for value in mapping.values():
         if type(value) not in _SCALARS:
             pruned: dict[str, Any] = prune(mapping)
             return pruned
-    return dict(mapping)
+    return mapping if type(mapping) is dict else dict(mapping)

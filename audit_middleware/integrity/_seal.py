@@ -14,6 +14,9 @@ from audit_middleware.integrity._document import canonical_json
 __all__ = ["seal_events"]
 
 _new = tuple.__new__  # AuditEvent(...) without _replace's keyword handling
+# Each hash starts as a copy of this one: hashlib.sha256(data) looks SHA-256 up in OpenSSL's
+# provider store on every call (Python 3.11), which perf measured at a tenth of the chain's CPU.
+_EMPTY_SHA256 = hashlib.sha256()
 
 
 def seal_events(
@@ -35,7 +38,9 @@ def seal_events(
             continue
         seq += 1
         canonical = canonical_json(event, {"prev": prev, "seq": seq, "stream": stream})
-        digest = hashlib.sha256(canonical).hexdigest()
+        hasher = _EMPTY_SHA256.copy()
+        hasher.update(canonical)
+        digest = hasher.hexdigest()
         integrity = {"stream": stream, "seq": seq, "prev": prev, "hash": digest}
         if lines is not None:
             full = full_document(event)
