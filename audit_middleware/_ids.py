@@ -10,7 +10,7 @@ from typing import Final
 
 __all__ = ["format_timestamp", "uuid7"]
 
-_getrandbits = random.getrandbits  # the module's generator, reseeded in place after fork
+_getrandbits: Final = random.getrandbits  # the module's generator, reseeded in place after fork
 _VERSION_AND_COUNTER: Final = [f"7{n:03x}-" for n in range(4096)]  # version and counter
 _THREE_DIGITS: Final = [f"{n:03d}" for n in range(1000)]
 _COUNTER_MAX: Final = 0xFFF

@@ -127,5 +127,5 @@ class IdentityCache:
 
 # Shared parts are only ever serialized, never changed (under the GIL, a racing put at worst
 # recomputes a part).
-_full_clients = IdentityCache()
-_full_mappings = IdentityCache()
+_full_clients: Final = IdentityCache()
+_full_mappings: Final = IdentityCache()

@@ -42,7 +42,7 @@ _RECORD_SIZE: Final = 10  # an ExplicitRecord's fields; a flattened event has 14
 _SCALARS: Final = frozenset({str, int, float, bool, type(None)})
 
 # Parent side: header sets the builder shares, flattened once.
-_header_items = IdentityCache()
+_header_items: Final = IdentityCache()
 
 
 def _plain(mapping: Mapping[str, Any] | None) -> dict[str, Any] | None:

@@ -15,8 +15,8 @@ __all__ = ["canonical_json"]
 
 _SCALARS: Final = frozenset({str, int, float, bool})
 # Parts the builder shares between events; only ever serialized, never changed.
-_clients = IdentityCache()
-_mappings = IdentityCache()
+_clients: Final = IdentityCache()
+_mappings: Final = IdentityCache()
 _ANONYMOUS: Final = {"type": "anonymous"}
 _SORT_KEYS: Final = orjson.OPT_SORT_KEYS
 
