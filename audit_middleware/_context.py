@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from audit_middleware._event import Actor, AuditEvent, Target
 
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 __all__ = ["RequestContext", "current_context", "org_was_set"]
 
-_UNSET: Any = object()
+_UNSET: Final[Any] = object()
 
 
 class RequestContext:
@@ -66,8 +66,8 @@ class RequestContext:
 #: response ends, holds a copy until the timer heap is purged, long after the next request.
 #: Holding the request's state directly, such copies would keep every recent request's scope
 #: alive, and the collector would run each time a batch of them is freed at once.
-_current: contextvars.ContextVar[list[RequestContext | None] | None] = contextvars.ContextVar(
-    "audit_middleware_request", default=None
+_current: Final[contextvars.ContextVar[list[RequestContext | None] | None]] = (
+    contextvars.ContextVar("audit_middleware_request", default=None)
 )
 
 
