@@ -44,12 +44,20 @@ MAX_PATH: Final = 2048
 MAX_RESPONSE_BODY: Final = 64 * 1024
 MAX_REQUEST_BODY: Final = 64 * 1024
 _NO_TRUST: Final = ProxyTrust()
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+_REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _METHODS: Final = frozenset(
     {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
 )
 _EMPTY: Final[Mapping[str, Any]] = MappingProxyType({})
 _new_tuple: Final = tuple.__new__  # a named tuple without its Python-level __new__
+# Final aliases of names the hot paths use per event: compiled code reads a Final module
+# value directly, and any other global through a lookup in the module's dict at each use.
+_AUDIT_EVENT: Final = AuditEvent
+_ANONYMOUS: Final = ANONYMOUS
+_REQUEST_INFO: Final = RequestInfo
+_TARGET: Final = Target
+_new_object: Final = object.__new__
+_set_attribute: Final = object.__setattr__
 _MEMO_SIZE: Final = 4096
 _K = TypeVar("_K")
 _V = TypeVar("_V")
@@ -80,14 +88,14 @@ collection."""
 
 def actor_key(actor: Actor) -> ActorKey | None:
     """The fields of ``actor`` as an :data:`ExplicitRecord` holds them."""
-    return None if actor is ANONYMOUS else (actor.id, actor.type, actor.email, actor.name)
+    return None if actor is _ANONYMOUS else (actor.id, actor.type, actor.email, actor.name)
 
 
 def new_target(type_: str, id_: str | None) -> Target:
     """A ``Target`` from fields validated when it was first made (no ``__post_init__``)."""
-    target: Target = object.__new__(Target)
-    object.__setattr__(target, "type", type_)
-    object.__setattr__(target, "id", id_)
+    target: Target = _new_object(_TARGET)
+    _set_attribute(target, "type", type_)
+    _set_attribute(target, "id", id_)
     return target
 
 
@@ -159,7 +167,7 @@ class EventBuilder:
         values = None
         if self._always_values or (rule is not None and rule.sources):
             values = _Values(self, view, ctx, params)
-        actor = ctx.actor or ctx.resolved_actor or (values and values.actor(rule)) or ANONYMOUS
+        actor = ctx.actor or ctx.resolved_actor or (values and values.actor(rule)) or _ANONYMOUS
         if org_was_set(ctx):
             org = ctx.org_id
         else:
@@ -179,7 +187,7 @@ class EventBuilder:
         event_id = uuid7(ctx.started_ns)
         request, client = self._request_info(view, params, match.route, event_id, ctx, status)
         return _new_tuple(  # AuditEvent(...) without the named tuple's Python-level __new__
-            AuditEvent,
+            _AUDIT_EVENT,
             (
                 event_id,
                 format_timestamp(ctx.started_ns),
@@ -223,7 +231,7 @@ class EventBuilder:
         for param, param_value in params.items():
             if param_value and self.redactor.is_secret_key(param):
                 path = path.replace(param_value, REDACTED)
-        request: RequestInfo = _new_tuple(RequestInfo, (
+        request: RequestInfo = _new_tuple(_REQUEST_INFO, (
             rid,
             view.method if view.method in _METHODS else clean_text(view.method, 32),
             (_short_texts.get(path) or _short_text(path))
@@ -329,13 +337,13 @@ class EventBuilder:
             params = {str(k): str(v) for k, v in view.path_params.items()}
             request, client = self._request_info(view, params, view.route, event_id, None, None)
         return _new_tuple(  # AuditEvent(...) without the named tuple's Python-level __new__
-            AuditEvent,
+            _AUDIT_EVENT,
             (
                 event_id,
                 format_timestamp(occurred_ns),
                 action,
                 outcome,
-                ANONYMOUS if actor is None else self._actors.get(actor) or self._actor(actor),
+                _ANONYMOUS if actor is None else self._actors.get(actor) or self._actor(actor),
                 None if org_id is None else self._org(org_id),
                 None if target is None else new_target(target[0], target[1]),
                 request,

@@ -26,8 +26,12 @@ __all__ = ["IdentityCache", "event_line", "full_document"]
 
 _CACHE_SIZE: Final = 4096
 # Shared parts of documents (documents are serialized, never changed).
-_ANONYMOUS: Final = {"id": None, "type": "anonymous"}
+_ANONYMOUS_PART: Final = {"id": None, "type": "anonymous"}
 _NOTHING: Final[dict[str, Any]] = {}
+# Final aliases of names the hot paths use per event: compiled code reads a Final module
+# value directly, and any other global through a lookup in the module's dict at each use.
+_ANONYMOUS: Final = ANONYMOUS
+_dumps: Final = orjson.dumps
 
 
 def event_line(event: AuditEvent) -> bytes:
@@ -37,15 +41,15 @@ def event_line(event: AuditEvent) -> bytes:
     data["integrity"] = None if integrity is None else dict(integrity)
     # Not OPT_APPEND_NEWLINE: orjson's result keeps its 4 KiB buffer, and lines wait in
     # queues and batches by the thousand; the copy that adds the newline is compact.
-    return orjson.dumps(data) + b"\n"
+    return _dumps(data) + b"\n"
 
 
 def full_document(event: AuditEvent) -> dict[str, Any]:
     """``event.to_dict()`` without its last member, ``integrity`` (hot path: tested equal).
     Nested parts may be shared between documents: serialize them, do not change them."""
     actor = event.actor
-    if actor is ANONYMOUS:
-        who: dict[str, Any] = _ANONYMOUS
+    if actor is _ANONYMOUS:
+        who: dict[str, Any] = _ANONYMOUS_PART
     else:
         who = {"id": actor.id, "type": actor.type}
         if actor.email is not None:

@@ -37,6 +37,7 @@ class RequestView(NamedTuple):
 
 
 _new_view: Final = tuple.__new__
+_REQUEST_VIEW: Final = RequestView  # read directly by compiled code, unlike a class's global name
 _NO_PARAMS: Final[Mapping[str, Any]] = MappingProxyType({})
 
 
@@ -76,7 +77,7 @@ def asgi_view(scope: Mapping[str, Any]) -> RequestView:
     query = fields.get("query_string")
     headers = fields.get("headers")
     return _new_view(  # RequestView(...) without the named tuple's Python-level __new__
-        RequestView,
+        _REQUEST_VIEW,
         (
             method if type(method) is str else method_text(method),
             path if type(path) is str else _text(path, ""),

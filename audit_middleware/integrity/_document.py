@@ -17,7 +17,11 @@ _SCALARS: Final = frozenset({str, int, float, bool})
 # Parts the builder shares between events; only ever serialized, never changed.
 _clients: Final = IdentityCache()
 _mappings: Final = IdentityCache()
-_ANONYMOUS: Final = {"type": "anonymous"}
+_ANONYMOUS_PART: Final = {"type": "anonymous"}
+# Final aliases of names the hot paths use per event: compiled code reads a Final module
+# value directly, and any other global through a lookup in the module's dict at each use.
+_ANONYMOUS: Final = ANONYMOUS
+_dumps: Final = orjson.dumps
 _SORT_KEYS: Final = orjson.OPT_SORT_KEYS
 
 
@@ -32,8 +36,8 @@ def canonical_json(event: AuditEvent, integrity: dict[str, Any]) -> bytes:
     """
     callers_maps = False
     actor = event.actor
-    if actor is ANONYMOUS:
-        who: dict[str, Any] = _ANONYMOUS
+    if actor is _ANONYMOUS:
+        who: dict[str, Any] = _ANONYMOUS_PART
     else:
         who = {}
         if actor.email is not None:
@@ -78,7 +82,7 @@ def canonical_json(event: AuditEvent, integrity: dict[str, Any]) -> bytes:
     if event.trace:
         data["trace"] = _flat(event.trace)
         callers_maps = True
-    return orjson.dumps(data, option=_SORT_KEYS if callers_maps else None)
+    return _dumps(data, option=_SORT_KEYS if callers_maps else None)
 
 
 def _request(request: RequestInfo) -> dict[str, Any]:
