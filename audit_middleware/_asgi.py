@@ -22,8 +22,8 @@ from audit_middleware._warn import logger, warn_limited
 
 __all__ = ["AuditMiddleware"]
 
-# Final aliases of names the hot paths use per request: compiled code reads a Final module
-# value directly, and any other global through a lookup in the module's dict at each use.
+# Final aliases: compiled code reads these directly, not from the module's dict (see
+# scripts/compile.py).
 _time_ns: Final = time_ns
 _perf_counter_ns: Final = perf_counter_ns
 

@@ -50,8 +50,8 @@ _METHODS: Final = frozenset(
 )
 _EMPTY: Final[Mapping[str, Any]] = MappingProxyType({})
 _new_tuple: Final = tuple.__new__  # a named tuple without its Python-level __new__
-# Final aliases of names the hot paths use per event: compiled code reads a Final module
-# value directly, and any other global through a lookup in the module's dict at each use.
+# Final aliases: compiled code reads these directly, not from the module's dict (see
+# scripts/compile.py).
 _AUDIT_EVENT: Final = AuditEvent
 _ANONYMOUS: Final = ANONYMOUS
 _REQUEST_INFO: Final = RequestInfo

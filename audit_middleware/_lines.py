@@ -28,8 +28,8 @@ _CACHE_SIZE: Final = 4096
 # Shared parts of documents (documents are serialized, never changed).
 _ANONYMOUS_PART: Final = {"id": None, "type": "anonymous"}
 _NOTHING: Final[dict[str, Any]] = {}
-# Final aliases of names the hot paths use per event: compiled code reads a Final module
-# value directly, and any other global through a lookup in the module's dict at each use.
+# Final aliases: compiled code reads these directly, not from the module's dict (see
+# scripts/compile.py).
 _ANONYMOUS: Final = ANONYMOUS
 _dumps: Final = orjson.dumps
 

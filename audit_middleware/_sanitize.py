@@ -567,15 +567,14 @@ class Redactor:
     ) -> dict[str, JSONValue]:
         """:meth:`metadata` of ``dict(zip(keys, values))`` (equal-length tuples, as ``record()``
         queues a mapping), without making that dict in the common case."""
-        try:
-            if len(keys) == len(values):
-                pairs = zip(keys, values)  # noqa: B905 - equal lengths, checked (strict=True is slower)
+        fast = None
+        if len(keys) == len(values):
+            pairs = zip(keys, values)  # noqa: B905 - equal lengths, checked (strict=True is slower)
+            try:
                 fast = self._metadata_flat_pairs(pairs, len(keys))
-                if fast is not None:
-                    return fast
-        except Exception:  # noqa: S110 - the full path below has its own last-resort guard
-            pass
-        return self.metadata(dict(zip(keys, values, strict=True)))
+            except Exception:  # last-resort guard, as in metadata()
+                return {_TRUNCATED_KEY: True}
+        return fast if fast is not None else self.metadata(dict(zip(keys, values, strict=True)))
 
     def _metadata_flat(self, data: object) -> dict[str, JSONValue] | None:
         """The common case in a fraction of the time: a small flat dict of printable str keys

@@ -37,7 +37,7 @@ class RequestView(NamedTuple):
 
 
 _new_view: Final = tuple.__new__
-_REQUEST_VIEW: Final = RequestView  # read directly by compiled code, unlike a class's global name
+_REQUEST_VIEW: Final = RequestView  # Final: read directly by compiled code (scripts/compile.py)
 _NO_PARAMS: Final[Mapping[str, Any]] = MappingProxyType({})
 
 

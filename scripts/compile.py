@@ -7,6 +7,11 @@ shadows the ``.py`` beside it, so a compiled module older than any source of the
 stale: ``--check`` reports that, and ``make`` rebuilds. ``AUDIT_LOG_PURE_PYTHON=1`` runs the
 pure-Python modules even where compiled ones exist.
 
+In these modules, a module-level value read per request or per event is ``Final``: compiled code
+reads a ``Final`` value directly, and any other global (a function or class imported from an
+uncompiled module included) through a lookup in the module's dict at every use. Hence aliases
+such as ``_dumps: Final = orjson.dumps``.
+
 Usage: ``python scripts/compile.py [--if-needed | --check | --clean] [--require]``.
 """
 

@@ -18,8 +18,8 @@ _SCALARS: Final = frozenset({str, int, float, bool})
 _clients: Final = IdentityCache()
 _mappings: Final = IdentityCache()
 _ANONYMOUS_PART: Final = {"type": "anonymous"}
-# Final aliases of names the hot paths use per event: compiled code reads a Final module
-# value directly, and any other global through a lookup in the module's dict at each use.
+# Final aliases: compiled code reads these directly, not from the module's dict (see
+# scripts/compile.py).
 _ANONYMOUS: Final = ANONYMOUS
 _dumps: Final = orjson.dumps
 _SORT_KEYS: Final = orjson.OPT_SORT_KEYS

@@ -18,8 +18,8 @@ _new: Final = tuple.__new__  # AuditEvent(...) without _replace's keyword handli
 # Each hash starts as a copy of this one: hashlib.sha256(data) looks SHA-256 up in OpenSSL's
 # provider store on every call (Python 3.11), which perf measured at a tenth of the chain's CPU.
 _EMPTY_SHA256: Final = hashlib.sha256()
-# Final aliases of names the hot paths use per event: compiled code reads a Final module
-# value directly, and any other global through a lookup in the module's dict at each use.
+# Final aliases: compiled code reads these directly, not from the module's dict (see
+# scripts/compile.py).
 _AUDIT_EVENT: Final = AuditEvent
 _dumps: Final = orjson.dumps
 
