@@ -21,7 +21,9 @@ carry the retention headers and checksums they carry in production. Measured in 
    gzip JSON Lines with the spool ON (a temporary directory on disk, fsynced per append) and OFF
    (memory), and with the spool ON under process delivery (``AUDIT_LOG_DELIVERY=process``: the
    chain, rendering and archive run in a forked process, whose CPU is read from ``/proc``; its
-   flush returns once that process's archive has uploaded everything). Two diagnostic variants
+   flush returns once that process's archive has uploaded everything). The same for Parquet
+   objects (``format="parquet"``, zstd; the ``parquet`` extra): spool ON with thread delivery
+   and with 2 delivery processes, and spool OFF. Two diagnostic variants
    run in the same rounds: ``record() → pipeline`` with a
    no-op exporter (the capacity of the request path and delivery pipeline alone) and the
    archive's ``export()`` fed prebuilt events in batches of 2000 (the capacity of the archive
@@ -41,7 +43,8 @@ carry the retention headers and checksums they carry in production. Measured in 
    ``ru_maxrss``). Then the endpoint is started again on the same port and everything must
    upload. This phase runs first, on a fresh heap, so that the other phases cannot inflate it.
 
-Every archive run is verified by listing the bucket and decompressing every object: every
+Every archive run is verified by listing the bucket and reading every object back (gzip JSON
+Lines, or Parquet through ``decode_parquet``): every
 record (by its target id) exactly once, every event id distinct, no other line. Variants run
 interleaved round-robin (the order rotates every round) and are summarised by medians, because
 the machine is shared and noisy. Timings are reported against targets (PASS / MISS) but never
@@ -100,6 +103,7 @@ from audit_middleware._build import build_summary
 from audit_middleware.testing import capture_audit_events
 from benchmarks._proc import schedstat_ns
 from exporters._object_store import S3Store
+from exporters._parquet import decode_parquet
 from exporters.archive import ArchiveExporter
 from exporters.s3_bucket import create_bucket
 
@@ -122,19 +126,33 @@ SPOOL_ON: Final = "spool-on"
 SPOOL_ON_PROC: Final = "spool-on-proc"
 SPOOL_ON_PROC2: Final = "spool-on-proc2"
 SPOOL_OFF: Final = "spool-off"
+PARQUET_ON: Final = "parquet-on"
+PARQUET_ON_PROC2: Final = "parquet-on-proc2"
+PARQUET_OFF: Final = "parquet-off"
 NOOP: Final = "noop"
 EXPORT_ONLY: Final = "export-only"
 BASELINE: Final = "baseline"
-VARIANTS: Final = (SPOOL_ON, SPOOL_ON_PROC, SPOOL_ON_PROC2, SPOOL_OFF, NOOP, EXPORT_ONLY, BASELINE)
-PIPELINES: Final = (SPOOL_ON, SPOOL_ON_PROC, SPOOL_ON_PROC2, SPOOL_OFF, NOOP)
-SPOOLED: Final = (SPOOL_ON, SPOOL_ON_PROC, SPOOL_ON_PROC2)
+VARIANTS: Final = (
+    SPOOL_ON, SPOOL_ON_PROC, SPOOL_ON_PROC2, SPOOL_OFF,
+    PARQUET_ON, PARQUET_ON_PROC2, PARQUET_OFF, NOOP, EXPORT_ONLY, BASELINE,
+)  # fmt: skip
+PIPELINES: Final = (
+    SPOOL_ON, SPOOL_ON_PROC, SPOOL_ON_PROC2, SPOOL_OFF,
+    PARQUET_ON, PARQUET_ON_PROC2, PARQUET_OFF, NOOP,
+)  # fmt: skip
+SPOOLED: Final = (SPOOL_ON, SPOOL_ON_PROC, SPOOL_ON_PROC2, PARQUET_ON, PARQUET_ON_PROC2)
+#: Variants whose archive writes Parquet (zstd) objects; the others write gzip JSON Lines.
+PARQUET: Final = (PARQUET_ON, PARQUET_ON_PROC2, PARQUET_OFF)
 #: Delivery processes per variant (process delivery); absent: thread delivery.
-PROCESSES: Final = {SPOOL_ON_PROC: 1, SPOOL_ON_PROC2: 2}
+PROCESSES: Final = {SPOOL_ON_PROC: 1, SPOOL_ON_PROC2: 2, PARQUET_ON_PROC2: 2}
 LABELS: Final = {
     SPOOL_ON: "archive, spool ON (disk, fsync)",
     SPOOL_ON_PROC: "  the same, process delivery",
     SPOOL_ON_PROC2: "  the same, 2 delivery processes",
     SPOOL_OFF: "archive, spool OFF (memory)",
+    PARQUET_ON: "Parquet archive, spool ON",
+    PARQUET_ON_PROC2: "  the same, 2 delivery processes",
+    PARQUET_OFF: "Parquet archive, spool OFF",
     NOOP: "record() → pipeline, no-op exporter",
     EXPORT_ONLY: "archive export() only, prebuilt",
     BASELINE: "baseline: 1 put_object per event",
@@ -281,10 +299,14 @@ def make_auditor(exporter: ArchiveExporter | NullExporter, n: int, processes: in
     )
 
 
-def make_archive(s3: S3Process, bucket: str, spool_dir: str | None) -> ArchiveExporter:
+def make_archive(
+    s3: S3Process, bucket: str, spool_dir: str | None, format: str = "jsonl"
+) -> ArchiveExporter:
     """The exporter under test, writing to a new bucket of its own (object lock "auto")."""
     s3.make_bucket(bucket)
-    return ArchiveExporter(f"s3://{bucket}", s3_client=s3.client(), spool_dir=spool_dir)
+    return ArchiveExporter(
+        f"s3://{bucket}", s3_client=s3.client(), spool_dir=spool_dir, format=format
+    )
 
 
 def wait_configured(exporter: ArchiveExporter) -> None:
@@ -340,8 +362,7 @@ def verify(client: Any, bucket: str, n: int) -> Verified:
             v.objects += 1
             v.bytes += int(obj["Size"])
             body = client.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
-            for line in gzip.decompress(body).splitlines():
-                event = orjson.loads(line)
+            for event in read_object(obj["Key"], body):
                 v.lines += 1
                 ids.add(event["id"])
                 i = int(event["target"]["id"])
@@ -353,6 +374,15 @@ def verify(client: Any, bucket: str, n: int) -> Verified:
     v.duplicated = n - v.missing - seen.count(1)
     v.duplicate_ids = v.lines - len(ids)
     return v
+
+
+def read_object(key: str, body: bytes) -> Iterator[dict[str, Any]]:
+    """The events of one archive object: Parquet by its suffix, else gzip JSON Lines."""
+    if key.endswith(".parquet"):
+        yield from decode_parquet(body)
+        return
+    for line in gzip.decompress(body).splitlines():
+        yield orjson.loads(line)
 
 
 # -- measurement helpers --------------------------------------------------------------------------
@@ -490,7 +520,8 @@ def run_pipeline(s3: S3Process | None, variant: str, n: int, bucket: str) -> tup
         else:
             assert s3 is not None
             spool = variant in SPOOLED
-            exporter = make_archive(s3, bucket, tmp if spool else None)
+            fmt = "parquet" if variant in PARQUET else "jsonl"
+            exporter = make_archive(s3, bucket, tmp if spool else None, fmt)
             if spool:  # its uploader starts now (without a spool: on first export)
                 wait_configured(exporter)
         processes = PROCESSES.get(variant, 0)
@@ -904,6 +935,8 @@ def print_sustained(s: Sustained) -> None:
         (SPOOL_ON, "thread delivery"),
         (SPOOL_ON_PROC, "1 delivery process"),
         (SPOOL_ON_PROC2, "2 delivery processes"),
+        (PARQUET_ON, "Parquet, thread delivery"),
+        (PARQUET_ON_PROC2, "Parquet, 2 delivery processes"),
     ):
         eps = s.median(variant)
         print(
@@ -916,6 +949,8 @@ def print_sustained(s: Sustained) -> None:
     )
     off = s.median(SPOOL_OFF)
     print(f"archive (spool OFF) / per-event baseline: {off / base:,.0f}x")
+    parquet = s.median(PARQUET_ON)
+    print(f"Parquet archive (spool ON) / per-event baseline: {parquet / base:,.0f}x")
 
 
 def print_backlog(b: Backlog) -> None:
