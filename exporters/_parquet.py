@@ -339,11 +339,8 @@ def _parse(jsonl: bytes) -> list[dict[str, Any]]:
     """Each line as a dict of Arrow column values, checked against the derived plan."""
     plan = _plan()
     partition = PARTITION_COLUMNS[0]
-    lines = jsonl.split(b"\n")
-    while lines and not lines[-1].strip():  # the final newline, or a blank trailing line
-        lines.pop()
     rows = []
-    for number, line in enumerate(lines, 1):
+    for number, line in enumerate(_lines(jsonl), 1):
         try:
             event = orjson.loads(line)
             if not isinstance(event, dict):
@@ -362,6 +359,39 @@ def _parse(jsonl: bytes) -> list[dict[str, Any]]:
     return rows
 
 
+def _lines(jsonl: bytes) -> list[bytes]:
+    """The lines of a segment, without the final newline or a blank trailing line."""
+    lines = jsonl.split(b"\n")
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return lines
+
+
+def _fast_table(pa: Any, schema: Any, jsonl: bytes) -> Any:
+    """The segment's table from the one-pass reader, or None if it does not vouch for every
+    value (see ``exporters/_parquet_columns.py``)."""
+    from exporters._parquet_columns import NotVouched, columns
+
+    try:
+        values = columns(_lines(jsonl))
+        arrays = [pa.array(column, type=f.type) for column, f in zip(values, schema, strict=True)]
+        return pa.Table.from_arrays(arrays, schema=schema)
+    except (NotVouched, pa.ArrowException):
+        return None
+
+
+def _checked_table(pa: Any, schema: Any, jsonl: bytes) -> Any:
+    """The segment's table, every value checked against the plan; ValueError names the first
+    line that does not fit."""
+    rows = _parse(jsonl)
+    rows.sort(key=lambda row: tuple(row[column] for column in SORT_COLUMNS))
+    try:
+        arrays = [pa.array([row[f.name] for row in rows], type=f.type) for f in schema]
+        return pa.Table.from_arrays(arrays, schema=schema)
+    except pa.ArrowException as exc:  # e.g. an integer out of the column's range
+        raise ValueError(f"audit events do not fit the Parquet schema: {exc}") from exc
+
+
 def encode_parquet(jsonl: bytes) -> bytes:
     """Parquet bytes of newline-delimited event dicts (an archive segment), sorted and zstd'd.
 
@@ -373,16 +403,12 @@ def encode_parquet(jsonl: bytes) -> bytes:
     """
     pa, pq = _pyarrow()
     schema = arrow_schema()
-    rows = _parse(jsonl)
-    rows.sort(key=lambda row: tuple(row[column] for column in SORT_COLUMNS))
-    try:
-        arrays = [pa.array([row[f.name] for row in rows], type=f.type) for f in schema]
-        table = pa.Table.from_arrays(arrays, schema=schema)
-    except pa.ArrowException as exc:  # e.g. an integer out of the column's range
-        raise ValueError(f"audit events do not fit the Parquet schema: {exc}") from exc
-    row_group_rows = len(rows)
+    table = _fast_table(pa, schema, jsonl)
+    if table is None:  # the checking path: the same table, or the line that is wrong
+        table = _checked_table(pa, schema, jsonl)
+    row_group_rows = table.num_rows
     if table.nbytes > _MAX_ROW_GROUP_BYTES:
-        row_group_rows = max(1, len(rows) * _MAX_ROW_GROUP_BYTES // table.nbytes)
+        row_group_rows = max(1, table.num_rows * _MAX_ROW_GROUP_BYTES // table.nbytes)
     sink = pa.BufferOutputStream()
     pq.write_table(
         table,

@@ -466,37 +466,146 @@ def _line(**changes: Any) -> bytes:
     return orjson.dumps(data)
 
 
-@pytest.mark.parametrize(
-    ("line", "message"),
-    [
-        pytest.param(b'{"schema_version": 1, "id": "x"', "line 2", id="truncated"),
-        pytest.param(b"not json", "line 2", id="garbage"),
-        pytest.param(b"[1, 2]", "JSON object", id="array"),
-        pytest.param(b"", "line 2", id="blank-line-in-the-middle"),
-        pytest.param(_line(action=_DELETE), "action is missing", id="missing"),
-        pytest.param(_line(org_id=_DELETE), "org_id is missing", id="missing-org"),
-        pytest.param(_line(region="eu"), "region", id="unknown-key"),
-        pytest.param(_line(actor__nickname="x"), "nickname", id="unknown-nested-key"),
-        pytest.param(_line(request__status="201"), r"request\.status", id="wrong-type"),
-        pytest.param(_line(request__completed=1), "request.completed", id="int-for-bool"),
-        pytest.param(_line(request__status=True), "request.status", id="bool-for-int"),
-        pytest.param(_line(request__status=2**40), "int32 range", id="int32-overflow"),
-        pytest.param(_line(id=None), "id must not be null", id="null"),
-        pytest.param(_line(actor__email=None), "email must not be null", id="null-optional"),
-        pytest.param(_line(schema_version=2), "schema_version", id="other-version"),
-        pytest.param(_line(outcome="maybe"), "outcome", id="enum"),
-        pytest.param(_line(metadata=[1]), "metadata must be an object", id="metadata"),
-        pytest.param(_line(target="doc"), "target must be an object", id="struct"),
-        pytest.param(_line(occurred_at="2026-05-28 20:26:40Z"), "occurred_at", id="timestamp"),
-        pytest.param(
-            _line(occurred_at="2026-13-28T20:26:40.000000Z"), "month", id="impossible-date"
-        ),
-    ],
-)
+MALFORMED = [
+    pytest.param(b'{"schema_version": 1, "id": "x"', "line 2", id="truncated"),
+    pytest.param(b"not json", "line 2", id="garbage"),
+    pytest.param(b"[1, 2]", "JSON object", id="array"),
+    pytest.param(b"", "line 2", id="blank-line-in-the-middle"),
+    pytest.param(_line(action=_DELETE), "action is missing", id="missing"),
+    pytest.param(_line(org_id=_DELETE), "org_id is missing", id="missing-org"),
+    pytest.param(_line(region="eu"), "region", id="unknown-key"),
+    pytest.param(_line(actor__nickname="x"), "nickname", id="unknown-nested-key"),
+    pytest.param(_line(request__status="201"), r"request\.status", id="wrong-type"),
+    pytest.param(_line(request__completed=1), "request.completed", id="int-for-bool"),
+    pytest.param(_line(request__status=True), "request.status", id="bool-for-int"),
+    pytest.param(_line(request__status=2**40), "int32 range", id="int32-overflow"),
+    pytest.param(_line(id=None), "id must not be null", id="null"),
+    pytest.param(_line(actor__email=None), "email must not be null", id="null-optional"),
+    pytest.param(_line(schema_version=2), "schema_version", id="other-version"),
+    pytest.param(_line(outcome="maybe"), "outcome", id="enum"),
+    pytest.param(_line(metadata=[1]), "metadata must be an object", id="metadata"),
+    pytest.param(_line(target="doc"), "target must be an object", id="struct"),
+    pytest.param(_line(occurred_at="2026-05-28 20:26:40Z"), "occurred_at", id="timestamp"),
+    pytest.param(_line(occurred_at="2026-13-28T20:26:40.000000Z"), "month", id="impossible-date"),
+]
+
+
+@pytest.mark.parametrize(("line", "message"), MALFORMED)
 def test_malformed_line_raises_value_error(line: bytes, message: str) -> None:
     jsonl = _jsonl(_realistic()[:1]) + line + b"\n" + _jsonl(_realistic()[1:2])
     with pytest.raises(ValueError, match=message):
         encode_parquet(jsonl)
+
+
+# -- the one-pass reader (exporters/_parquet_columns.py) against the checking path ---------------
+
+
+def _tables(jsonl: bytes) -> tuple[Any, Any]:
+    """The one-pass reader's table (None where it declined) and the checking path's (None
+    where it raised ValueError)."""
+    schema = arrow_schema()
+    fast = _parquet._fast_table(pa, schema, jsonl)
+    try:
+        checked = _parquet._checked_table(pa, schema, jsonl)
+    except ValueError:
+        checked = None
+    return fast, checked
+
+
+def test_the_one_pass_reader_makes_the_checked_table() -> None:
+    events = _realistic()
+    for order in (events, events[::-1]):  # sorted alike when the lines are out of order
+        fast, checked = _tables(_jsonl(order))
+        assert fast is not None
+        assert checked is not None
+        assert fast.equals(checked, check_metadata=True)
+
+
+@pytest.mark.parametrize(("line", "message"), MALFORMED)
+def test_the_one_pass_reader_declines_every_malformed_line(line: bytes, message: str) -> None:
+    jsonl = _jsonl(_realistic()[:1]) + line + b"\n" + _jsonl(_realistic()[1:2])
+    fast, checked = _tables(jsonl)
+    assert checked is None
+    assert fast is None
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    metadata=st.dictionaries(st.text(st.characters(codec="utf-8")), json_values, max_size=5),
+    offsets=st.lists(st.integers(0, 10**12), min_size=1, max_size=6),
+)
+def test_the_one_pass_reader_accepts_arbitrary_metadata(
+    metadata: dict[str, Any], offsets: list[int]
+) -> None:
+    events = [_event(offset, metadata=metadata) for offset in offsets]
+    fast, checked = _tables(_jsonl(events))
+    assert fast is not None
+    assert checked is not None
+    assert fast.equals(checked, check_metadata=True)
+
+
+_odd_values = (
+    json_values
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.sampled_from(
+        [
+            "success",
+            "denied",
+            "anonymous",
+            "2026-05-28T20:26:40.123456Z",
+            "2026-02-30T20:26:40.123456Z",
+            "2026-05-28T20:26:60.123456Z",
+            "2026-05-28 20:26:40.123456Z",
+            1,
+            2**31,
+            -(2**31) - 1,
+            1.0,
+            True,
+            {},
+        ]
+    )
+)
+
+
+def _dict_paths(value: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every key path of ``value`` that goes through dicts only."""
+    paths = []
+    for key, item in value.items():
+        paths.append((*prefix, key))
+        if isinstance(item, dict):
+            paths.extend(_dict_paths(item, (*prefix, key)))
+    return paths
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_the_one_pass_reader_never_accepts_what_the_checking_path_refuses(
+    data: st.DataObject,
+) -> None:
+    """Values changed, removed or added anywhere in an event: wherever the checking path
+    raises, the one-pass reader declined; wherever both accept, their tables are equal."""
+    events = [event.to_dict() for event in _realistic()]
+    event = copy.deepcopy(data.draw(st.sampled_from(events)))
+    for _ in range(data.draw(st.integers(1, 3))):
+        path = data.draw(st.sampled_from(_dict_paths(event)))
+        parent = event
+        for key in path[:-1]:
+            parent = parent[key]
+        change = data.draw(st.sampled_from(["set", "remove", "add"]))
+        if change == "set":
+            parent[path[-1]] = data.draw(_odd_values)
+        elif change == "remove":
+            del parent[path[-1]]
+        else:
+            parent[data.draw(st.text(max_size=8))] = data.draw(_odd_values)
+        if not _dict_paths(event):
+            break
+    jsonl = b"".join(orjson.dumps(e) + b"\n" for e in (events[0], event, events[1]))
+    fast, checked = _tables(jsonl)
+    if checked is None:
+        assert fast is None
+    elif fast is not None:
+        assert fast.equals(checked, check_metadata=True)
 
 
 def test_empty_input_is_a_valid_file_without_rows() -> None:
