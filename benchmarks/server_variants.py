@@ -17,7 +17,8 @@ Variants (names can be combined with modifiers, e.g. ``audit-nogc``):
   closures, as the audit's does (what any such layer costs in this server); ``wrap-ctx``:
   that middleware also sets a context variable for the request, as the audit's does;
 * ``queued``: audit, events are queued and drained, but nothing is built or exported;
-* ``-nogc``: the garbage collector off in the server; ``-sw<ms>``: interpreter switch interval;
+* ``-nogc``: the garbage collector off in the server; ``-gc<n>``: its youngest generation
+  collected every ``n`` net allocations instead of 700; ``-sw<ms>``: interpreter switch interval;
 * ``-b<n>``: pipeline batch size; ``-noint``: without the integrity chain;
 * ``-arch``: an archive exporter (local directory, disk spool) beside the log exporter;
 * ``-proc``: process delivery (``AUDIT_LOG_DELIVERY=process``); the CPU column then adds the
@@ -84,6 +85,8 @@ def serve(variant: str, conn: Connection) -> None:
         pipeline._build = lambda item: ()
     if "-nogc" in variant:
         gc.disable()
+    if match := re.search(r"-gc(\d+)", variant):
+        gc.set_threshold(int(match.group(1)))
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
