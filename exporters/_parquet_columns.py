@@ -16,13 +16,21 @@ absent optional property.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import orjson
 
-from exporters._parquet import PARTITION_COLUMNS, SORT_COLUMNS, _Node, _plan
+from exporters._parquet import (
+    _EPOCH,
+    _INT_BOUNDS,
+    PARTITION_COLUMNS,
+    SORT_COLUMNS,
+    _Node,
+    _plan,
+)
 
 __all__ = ["NotVouched", "columns"]
 
@@ -35,8 +43,6 @@ _EXACT_TYPES: Final[dict[str, frozenset[type]]] = {
     "float64": frozenset({int, float}),
     "bool": frozenset({bool}),
 }
-_INT_BOUNDS: Final = {"int32": 1 << 31, "int64": 1 << 63}
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _SECOND: Final = timedelta(seconds=1)
 _loads: Final = orjson.loads
 _dumps: Final = orjson.dumps
@@ -91,14 +97,9 @@ class _Reader:
         self.required = frozenset(node.name for node in plan if node.required) | {partition}
 
 
-_readers: dict[tuple[_Node, ...], _Reader] = {}
-
-
+@functools.cache
 def _reader(plan: tuple[_Node, ...]) -> _Reader:
-    reader = _readers.get(plan)
-    if reader is None:
-        reader = _readers[plan] = _Reader(plan)
-    return reader
+    return _Reader(plan)
 
 
 def _converter(node: _Node) -> _Convert:
