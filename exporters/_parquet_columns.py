@@ -197,11 +197,17 @@ def _struct(node: _Node) -> _Convert:
 
 
 def _milliseconds(texts: list[str]) -> list[int]:
-    """Milliseconds since the epoch of RFC 3339 texts the timestamp pattern matched
-    (``YYYY-MM-DDTHH:MM:SS.ffffffZ``), each second's date parsed once."""
+    """Milliseconds since the epoch of RFC 3339 texts laid out as ``YYYY-MM-DDTHH:MM:SS.ffffffZ``
+    (what the schema's pattern allows today), each second's date parsed once; any other
+    layout is the checking path's to convert."""
     seconds_of: dict[str, int] = {}
     out = []
     for text in texts:
+        fraction = text[20:26]
+        if len(text) != 27 or text[19] != "." or text[26] != "Z" or not fraction.isascii():
+            raise NotVouched
+        if not fraction.isdigit():
+            raise NotVouched
         head = text[:19]
         seconds = seconds_of.get(head)
         if seconds is None:
@@ -210,7 +216,7 @@ def _milliseconds(texts: list[str]) -> list[int]:
             except ValueError:  # e.g. month 13: the checking path names the line
                 raise NotVouched from None
             seconds = seconds_of[head] = (moment - _EPOCH) // _SECOND
-        out.append(seconds * 1000 + int(text[20:23]))
+        out.append(seconds * 1000 + int(fraction[:3]))
     return out
 
 

@@ -27,7 +27,7 @@ from audit_middleware import (
     schema_path,
 )
 from audit_middleware._ids import format_timestamp, uuid7
-from exporters import _parquet
+from exporters import _parquet, _parquet_columns
 from exporters._parquet import arrow_schema, decode_parquet, encode_parquet
 from tests.conftest import MemoryAuditor, assert_valid
 
@@ -683,3 +683,30 @@ def test_readable_by_duckdb_with_hive_partitioning(tmp_path: Path) -> None:
     (event,) = by_org["org_b"]
     assert [tuple(str(v) for v in row[:3]) for row in rows] == [(event.id, "org_b", "2026-05-28")]
     assert rows[0][3:] == (event.occurred_at, _ms(event.occurred_at), "b", "user", None)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    moment=st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59))
+)
+def test_the_one_pass_reader_computes_milliseconds_as_the_checking_path(moment: datetime) -> None:
+    text = moment.strftime("%Y-%m-%dT%H:%M:%S.%f") + "Z"
+    if len(text) != 27:  # years before 1000: strftime does not pad them everywhere
+        text = f"{moment.year:04d}" + text[text.index("-") :]
+    assert _parquet_columns._milliseconds([text]) == [_ms(text)]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-05-28T20:26:40.123456+00:00",  # an offset
+        "2026-05-28T20:26:40.123Z",  # three digits
+        "2026-05-28T20:26:40Z",  # none
+        "2026-05-28T20:26:40.12345٦Z",  # a digit that is not ASCII
+    ],
+)
+def test_the_one_pass_reader_leaves_other_timestamp_layouts_to_the_checking_path(
+    text: str,
+) -> None:
+    with pytest.raises(_parquet_columns.NotVouched):
+        _parquet_columns._milliseconds([text])
