@@ -175,11 +175,22 @@ RECORD_SIDE: Final = ("record", "build")
 # -- the S3 endpoint, in its own process ----------------------------------------------------------
 
 
-def _serve_s3(port: int, conn: Connection) -> None:
-    """Child process: moto's S3 server on ``port`` until told to stop (or the parent is gone)."""
+def _serve_s3(port: int, conn: Connection, buckets: Sequence[str] = ()) -> None:
+    """Child process: moto's S3 server on ``port`` until told to stop (or the parent is gone),
+    with ``buckets`` made as ``S3Process.make_bucket`` makes them before it opens."""
     from tests.s3_server import S3Endpoint
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no request log
+    if buckets:
+        # Made through a private port first (moto's data is per process, not per server): a
+        # client retrying on ``port`` could otherwise put an object between the bucket's
+        # creation and its Object Lock configuration, which moto then refuses ("Bucket needs
+        # to be empty"; S3 itself allows it).
+        private = S3Endpoint()
+        private.start()
+        for bucket in buckets:
+            create_bucket(private.client(), bucket, retention_days=RETENTION_DAYS, prefix="")
+        private.stop()
     endpoint = S3Endpoint(port)
     endpoint.start()
     conn.send("ready")
@@ -209,12 +220,13 @@ class S3Process:
         """The endpoint URL."""
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> None:
-        """Spawn the server process on this endpoint's port (an empty endpoint)."""
+    def start(self, buckets: Sequence[str] = ()) -> None:
+        """Spawn the server process on this endpoint's port: empty, but for ``buckets``,
+        made as :meth:`make_bucket` makes them before the port opens."""
         ctx = multiprocessing.get_context("spawn")
         parent, child = ctx.Pipe()
         process = ctx.Process(
-            target=_serve_s3, args=(self.port, child), name="bench-s3", daemon=True
+            target=_serve_s3, args=(self.port, child, tuple(buckets)), name="bench-s3", daemon=True
         )
         process.start()
         child.close()
@@ -759,8 +771,7 @@ def measure_backlog(s3: S3Process, n: int) -> tuple[Backlog, list[str]]:
             rss_after = vmrss()
         maxrss_after = maxrss()
         down = exporter.stats()
-        s3.start()  # a new process on the same port: an empty endpoint
-        s3.make_bucket(bucket)
+        s3.start([bucket])  # a new process on the same port: empty, but for the bucket
         drain_start = time.perf_counter()
         flushed = auditor.force_flush(timeout=FLUSH_TIMEOUT_S)
         wait_until(lambda: exporter.stats().uploaded_events >= n, 30)
