@@ -160,6 +160,7 @@ class Spool:
         self._lock = threading.Lock()
         self._open: dict[str, _Open] = {}
         self._sealed: list[Sealed] = []
+        self._sealing = 0  # segments being compressed by seal(), outside _lock
         self._used = 0
         self._lock_file: IO[bytes] | None = None
         self._dir: Path | None = None
@@ -369,23 +370,65 @@ class Spool:
 
     def seal(self, partition: str) -> Sealed | None:
         """Compress the partition's open segment into an object ready for upload (inside a
-        batch, what the batch staged is written first)."""
-        with self._batch_lock, self._lock:
-            if self._closed or partition not in self._open:
-                return None
-            self._commit()
-            return self._seal(self._open.pop(partition))
+        batch, what the batch staged is written first).
 
-    def seal_all(self) -> list[Sealed]:
+        The compression runs without the lock the uploader and the counters take, so objects
+        already sealed are uploaded meanwhile; appends wait, as they would for the lock. The
+        segment counts as pending throughout. If the spool is closed meanwhile, the segment's
+        records stay in their journal, for whoever adopts the directory."""
+        with self._batch_lock:
+            with self._lock:
+                if self._closed or partition not in self._open:
+                    return None
+                self._commit()
+                segment = self._open.pop(partition)
+                content = self._content(segment)
+                if content is None:
+                    return None
+                raw, chain, events = content
+                self._sealing += 1
+            try:
+                body = self.encode(raw)
+            except BaseException:
+                with self._lock:
+                    self._sealing -= 1
+                raise
+            with self._lock:
+                self._sealing -= 1
+                if self._closed:
+                    return None
+                return self._keep(segment, chain, events, body)
+
+    def seal_all(self, each: Callable[[Sealed], object] | None = None) -> list[Sealed]:
+        """Seal every open segment, calling ``each`` with every object as soon as it is sealed."""
         with self._lock:
             partitions = list(self._open)
-        return [s for p in partitions if (s := self.seal(p)) is not None]
+        sealed = []
+        for partition in partitions:
+            one = self.seal(partition)
+            if one is not None:
+                sealed.append(one)
+                if each is not None:
+                    each(one)
+        return sealed
 
     def open_segments(self) -> list[tuple[str, _Open]]:
         with self._lock:
             return [] if self._closed else list(self._open.items())
 
     def _seal(self, segment: _Open, *, adopted: bool = False) -> Sealed | None:
+        """Compress ``segment`` into an object ready for upload (hold ``_lock``)."""
+        content = self._content(segment, adopted=adopted)
+        if content is None:
+            return None
+        raw, chain, events = content
+        return self._keep(segment, chain, events, self.encode(raw))
+
+    def _content(
+        self, segment: _Open, *, adopted: bool = False
+    ) -> tuple[bytes, ChainSpan | None, int] | None:
+        """``(lines, chain span, event count)`` of ``segment`` (hold ``_lock``); None, with the
+        segment forgotten, when it holds no complete line."""
         if segment.path is not None:
             raw = _payload(segment.path)
         elif segment.chunks:
@@ -402,8 +445,12 @@ class Spool:
         chain = segment.chain
         if adopted or segment.unsorted:  # rare: read the chain positions from the lines
             raw, chain = _in_chain_order(raw)
-        events = raw.count(b"\n")
-        body = self.encode(raw)
+        return raw, chain, raw.count(b"\n")
+
+    def _keep(self, segment: _Open, chain: ChainSpan | None, events: int, body: bytes) -> Sealed:
+        """Store ``body``, the encoded lines of ``segment``, as an object waiting for upload,
+        and forget the segment (hold ``_lock``)."""
+        held = 0 if segment.chunks else segment.size
         self._used += len(body) - held
         if self._dir is None:
             sealed = Sealed(segment.key, len(body), body=body, events=events, chain=chain)
@@ -434,8 +481,9 @@ class Spool:
             return self._sealed[0] if self._sealed and not self._closed else None
 
     def pending(self) -> int:
+        """Objects not uploaded yet, those being sealed included."""
         with self._lock:
-            return len(self._sealed)
+            return len(self._sealed) + self._sealing
 
     def body(self, sealed: Sealed) -> bytes:
         if sealed.body is not None:

@@ -412,7 +412,7 @@ class ArchiveExporter:
         if self._spool is None:
             return True
         spool = self._ensure_started()
-        spool.seal_all()
+        spool.seal_all(lambda _: self._wake.set())  # each uploaded while the next is sealed
         deadline = time.monotonic() + (30.0 if timeout is None else timeout)
         with self._lock:
             while spool.pending():

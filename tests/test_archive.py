@@ -600,3 +600,42 @@ def test_polling_stats_while_exporting_never_deadlocks(
         for t in pollers:
             t.join(timeout=5)
     assert archive.stats().uploaded_events == 30
+
+
+def test_a_flush_uploads_each_object_while_the_next_is_compressed(
+    make_auditor: Callable[..., MemoryAuditor], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flush seals every partition (one per org and day); each object is uploaded while the
+    next is compressed: here the second compression waits for the first upload."""
+    import threading
+
+    archive = ArchiveExporter(str(tmp_path / "archive"), spool_dir=tmp_path / "spool")
+    uploaded = threading.Event()
+    put = archive.store.put
+
+    def put_and_note(key: str, body: bytes) -> None:
+        put(key, body)
+        uploaded.set()
+
+    monkeypatch.setattr(archive.store, "put", put_and_note)
+    spool = archive._spool
+    assert spool is not None
+    encode = spool.encode
+    uploaded_meanwhile: list[bool] = []
+
+    def encode_after_an_upload(raw: bytes) -> bytes:
+        if b'"org_b"' in raw:
+            uploaded_meanwhile.append(uploaded.wait(10))
+        return encode(raw)
+
+    spool.encode = encode_after_an_upload
+    auditor = make_auditor(exporters=[archive])
+    _record(auditor, 3, org="org_a")
+    _record(auditor, 2, org="org_b")
+    assert auditor.force_flush(timeout=30)
+    assert uploaded_meanwhile == [True]
+    objects = _local_objects(tmp_path / "archive")
+    assert {key.split("/")[0]: len(rows) for key, rows in objects.items()} == {
+        "org_id=org_a": 3,
+        "org_id=org_b": 2,
+    }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -204,6 +205,85 @@ def test_a_spool_closed_during_a_batch_refuses_the_batch(spools: Callable[..., S
     survivor = spools("w2")
     assert survivor.adopt_orphans() == 1
     assert _objects(survivor) == {"org_a/object.jsonl": b"".join(_lines("kept", 1))}
+
+
+class _BlockingEncode:
+    """An encoder that, for the lines of ``tag``, waits until ``go`` is set (or 10 s) and
+    notes whether it was: what another thread could do meanwhile."""
+
+    def __init__(self, tag: bytes) -> None:
+        self.tag = tag
+        self.started = threading.Event()
+        self.go = threading.Event()
+        self.went: list[bool] = []
+
+    def __call__(self, raw: bytes) -> bytes:
+        if self.tag in raw:
+            self.started.set()
+            self.went.append(self.go.wait(10))
+        return raw
+
+
+def _seal_in_thread(spool: Spool, partition: str) -> tuple[threading.Thread, list[object]]:
+    result: list[object] = []
+    thread = threading.Thread(target=lambda: result.append(spool.seal(partition)))
+    thread.start()
+    return thread, result
+
+
+def test_sealed_objects_are_uploaded_while_another_segment_is_compressed(
+    spools: Callable[..., Spool],
+) -> None:
+    spool = spools()
+    spool.encode = encode = _BlockingEncode(b'"b-')
+    spool.append("org_a", _key("org_a"), _lines("a", 2), now=0.0)
+    spool.append("org_b", _key("org_b"), _lines("b", 3), now=0.0)
+    first = spool.seal("org_a")
+    assert first is not None
+    thread, result = _seal_in_thread(spool, "org_b")
+    assert encode.started.wait(10)
+    # While org_b is compressed, the uploader's calls go through and org_b counts as pending.
+    assert spool.pending() == 2
+    assert spool.next_sealed() is first
+    spool.done(first)
+    assert spool.pending() == 1
+    encode.go.set()
+    thread.join(10)
+    assert encode.went == [True]  # the calls above did not wait for the compression
+    assert result[0] is not None
+    assert spool.pending() == 1
+    assert _objects(spool) == {"org_b/object.jsonl": b"".join(_lines("b", 3))}
+
+
+def test_a_spool_closed_while_a_segment_is_compressed_keeps_it_for_adoption(
+    spools: Callable[..., Spool],
+) -> None:
+    spool = spools()
+    spool.encode = encode = _BlockingEncode(b'"b-')
+    spool.append("org_b", _key("org_b"), _lines("b", 3), now=0.0)
+    thread, result = _seal_in_thread(spool, "org_b")
+    assert encode.started.wait(10)
+    spool.close()  # a shutdown's deadline passing mid-seal
+    encode.go.set()
+    thread.join(10)
+    assert result == [None]
+    assert spool.pending() == 0
+    survivor = spools("w2")
+    assert survivor.adopt_orphans() == 1
+    assert _objects(survivor) == {"org_b/object.jsonl": b"".join(_lines("b", 3))}
+
+
+def test_a_seal_whose_compression_fails_is_not_left_pending(spools: Callable[..., Spool]) -> None:
+    spool = spools()
+
+    def fail(raw: bytes) -> bytes:
+        raise ValueError("cannot encode")
+
+    spool.encode = fail
+    spool.append("org_a", _key("org_a"), _lines("a", 1), now=0.0)
+    with pytest.raises(ValueError, match="cannot encode"):
+        spool.seal("org_a")
+    assert spool.pending() == 0
 
 
 @pytest.fixture
