@@ -65,6 +65,7 @@ ENV: Final[Mapping[str, str]] = {
     "AUDIT_LOG_ARCHIVE_MAX_AGE": "60",
     "AUDIT_LOG_ARCHIVE_GZIP_LEVEL": "3",
     "AUDIT_LOG_ARCHIVE_GZIP_ENGINE": "auto",
+    "AUDIT_LOG_ARCHIVE_UPLOADS": "4",
     "AUDIT_LOG_SPOOL_DIR": "",
     "AUDIT_LOG_SPOOL_MAX_BYTES": "1073741824",
     "AUDIT_LOG_RETENTION_DAYS": "90",
@@ -125,6 +126,7 @@ class AuditConfig:
     archive_max_age: float
     archive_gzip_level: int
     archive_gzip_engine: Literal["auto", "isal", "zlib"]
+    archive_uploads: int
     spool_dir: str
     spool_max_bytes: int
     retention_days: int
@@ -208,6 +210,7 @@ class AuditConfig:
                 "AUDIT_LOG_ARCHIVE_GZIP_ENGINE",
                 _choice(("auto", "isal", "zlib")),
             ),
+            archive_uploads=r.get("archive_uploads", "AUDIT_LOG_ARCHIVE_UPLOADS", _int(1, 64)),
             spool_dir=r.get("spool_dir", "AUDIT_LOG_SPOOL_DIR", _text),
             spool_max_bytes=r.get("spool_max_bytes", "AUDIT_LOG_SPOOL_MAX_BYTES", _int(1, 1 << 50)),
             retention_days=r.get("retention_days", "AUDIT_LOG_RETENTION_DAYS", _int(1, 36500)),

@@ -60,6 +60,7 @@ def create_exporter(
             format=config.archive_format,
             gzip_level=config.archive_gzip_level,
             gzip_engine=config.archive_gzip_engine,
+            uploads=config.archive_uploads,
             signing_key=_signing_key(environ),
             digest_interval=config.digest_interval,
         )

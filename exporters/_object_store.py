@@ -67,6 +67,7 @@ class S3Store:
         retention_days: int = 90,
         lock_mode: str | None = None,
         timeout: float = 10.0,
+        connections: int = 10,
     ) -> None:
         self.bucket = bucket
         self.description = f"s3://{bucket}"
@@ -74,6 +75,7 @@ class S3Store:
         self.lock_mode = lock_mode
         self._client = client
         self._timeout = timeout
+        self._connections = max(10, connections)  # botocore's default pool size, or more
 
     @property
     def client(self) -> Any:
@@ -89,6 +91,7 @@ class S3Store:
                 connect_timeout=self._timeout,
                 read_timeout=self._timeout,
                 retries={"max_attempts": 1},  # the archive's uploader retries with backoff
+                max_pool_connections=self._connections,  # one per concurrent upload
             )
             self._client = boto3.client("s3", config=config)
         return self._client

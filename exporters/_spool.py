@@ -77,6 +77,7 @@ class Sealed:
     body: bytes | None = None
     events: int = -1
     chain: ChainSpan | None = None
+    claimed: bool = False  # an uploader is storing it (see Spool.claim)
 
 
 class _Journal:
@@ -479,6 +480,24 @@ class Spool:
         """The next object to upload; None when there is none, or once closed."""
         with self._lock:
             return self._sealed[0] if self._sealed and not self._closed else None
+
+    def claim(self) -> Sealed | None:
+        """The oldest object no uploader has claimed, now claimed by the caller, who then
+        calls :meth:`done` once it is stored or :meth:`release` if it was not; None when
+        there is none, or once closed."""
+        with self._lock:
+            if self._closed:
+                return None
+            for sealed in self._sealed:
+                if not sealed.claimed:
+                    sealed.claimed = True
+                    return sealed
+            return None
+
+    def release(self, sealed: Sealed) -> None:
+        """``sealed`` was not stored: any uploader may claim it again."""
+        with self._lock:
+            sealed.claimed = False
 
     def pending(self) -> int:
         """Objects not uploaded yet, those being sealed included."""

@@ -47,6 +47,9 @@ __all__ = ["GLOBAL_ORG", "ArchiveExporter", "ArchiveStats"]
 
 #: The partition value of events without an organization.
 GLOBAL_ORG = "_global"
+#: Objects uploaded at once by default (``uploads``), and at most.
+DEFAULT_UPLOADS = 4
+MAX_UPLOADS = 64
 _BACKOFF_CAP_S = 30.0
 
 
@@ -90,12 +93,17 @@ class ArchiveExporter:
         s3_client: Any = None,
         signing_key: SigningKey | None = None,
         digest_interval: float = 3600.0,
+        uploads: int = DEFAULT_UPLOADS,
     ) -> None:
         if min(max_events, max_bytes, max_age, spool_max_bytes, digest_interval) <= 0:
             raise ValueError(
                 "max_events, max_bytes, max_age, spool_max_bytes and digest_interval "
                 "must be positive"
             )
+        if not 1 <= uploads <= MAX_UPLOADS:
+            raise ValueError(f"uploads must be from 1 to {MAX_UPLOADS}, got {uploads}")
+        #: Objects uploaded at once, each by its own uploader thread.
+        self.uploads = uploads
         if format not in ("jsonl", "parquet"):
             raise ValueError(f"archive format must be 'jsonl' or 'parquet', got {format!r}")
         if format == "parquet":
@@ -111,7 +119,9 @@ class ArchiveExporter:
         if object_lock not in (None, "auto", "COMPLIANCE", "GOVERNANCE"):
             raise ValueError("object_lock must be 'auto', 'COMPLIANCE', 'GOVERNANCE' or None")
         if store is None:
-            store, prefix = open_store(url, client=s3_client, retention_days=retention_days)
+            store, prefix = open_store(
+                url, client=s3_client, retention_days=retention_days, connections=uploads + 2
+            )
         else:
             prefix = url.strip("/")
         self.url = url
@@ -133,7 +143,8 @@ class ArchiveExporter:
         self._retries = self._refused = self._adopted = 0
         self._seq = itertools.count(1)
         self._spool: Spool | None = None
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []  # the uploaders of this process
+        self._configured = threading.Event()  # the first uploader read the bucket's lock mode
         self._written_through: dict[str, None] = {}
         self._strict_lock = threading.Lock()  # one strict write at a time; the rest queue up
         self._strict_waiting: list[_StrictWrite] = []
@@ -165,12 +176,26 @@ class ArchiveExporter:
                         "audit archive: adopted %d spooled files of stopped processes",
                         self._adopted,
                     )
-                self._thread = threading.Thread(
-                    target=self._upload_loop, name="audit-archive-upload", daemon=True
-                )
-                self._thread.start()
+                self._configured = threading.Event()
+                self._threads = []
+                self._start_uploaders()
         assert self._spool is not None
         return self._spool
+
+    def _start_uploaders(self) -> None:
+        """Start the uploader threads that are not running (all of them, in a new process)."""
+        threads = self._threads
+        for slot in range(self.uploads):
+            if slot < len(threads) and threads[slot].is_alive():
+                continue
+            thread = threading.Thread(
+                target=self._upload_loop, args=(slot,), name="audit-archive-upload", daemon=True
+            )
+            if slot < len(threads):
+                threads[slot] = thread
+            else:
+                threads.append(thread)
+            thread.start()
 
     def hand_over(self, timeout: float = 30.0) -> bool:
         """Stop using the spool in this process, without flushing: the uploader stops after the
@@ -179,19 +204,18 @@ class ArchiveExporter:
         directory as a stopped writer's: its sealed objects, chain head and digest state. True
         once handed over (or if nothing had started); False if the uploader did not stop within
         ``timeout``, in which case this process keeps the spool and goes on uploading."""
-        spool, thread = self._spool, self._thread
+        spool = self._spool
         if spool is None or self._pid != os.getpid():
             return True
         self._handing_over = True
         self._wake.set()
-        if thread is not None:
-            thread.join(timeout)
-            if thread.is_alive():
-                self._handing_over = False
-                return False
+        if not _join_all(self._threads, timeout):
+            self._handing_over = False
+            self._start_uploaders()  # those that stopped
+            return False
         with self._lock:
             spool.close()
-            self._spool, self._thread, self._pid = None, None, -1
+            self._spool, self._threads, self._pid = None, [], -1
             self._handing_over = False
         return True
 
@@ -309,17 +333,28 @@ class ArchiveExporter:
 
     # -- upload --------------------------------------------------------------------------------
 
-    def _upload_loop(self) -> None:
+    def _upload_loop(self, slot: int) -> None:
+        """One uploader: claim the oldest sealed object no other uploader has, store it, and
+        retry with jittered backoff while the store fails. Slot 0 also reads the bucket's lock
+        mode first (the others wait for it), seals segments that are old enough and writes
+        digests when due."""
         spool = self._spool
         assert spool is not None
-        self._configure_lock()
+        if slot == 0:
+            try:
+                self._configure_lock()
+            finally:
+                self._configured.set()
+        else:
+            self._configured.wait()
         attempt = 0
         while True:
             if self._handing_over:  # another process takes this spool over (hand_over)
                 return
-            self._seal_old(spool)
-            self._digests.maybe_write(spool)
-            sealed = spool.next_sealed()
+            if slot == 0:
+                self._seal_old(spool)
+                self._digests.maybe_write(spool)
+            sealed = spool.claim()
             if sealed is None:
                 with self._lock:
                     self._idle.notify_all()
@@ -331,8 +366,10 @@ class ArchiveExporter:
             if self._upload(spool, sealed):
                 attempt = 0
                 continue
+            spool.release(sealed)
             attempt += 1
-            self._retries += 1
+            with self._lock:
+                self._retries += 1
             delay = random.uniform(0, min(_BACKOFF_CAP_S, 0.2 * 2**attempt))  # noqa: S311
             self._wake.wait(delay)
             self._wake.clear()
@@ -359,10 +396,10 @@ class ArchiveExporter:
         except OSError:
             logger.exception("audit archive could not record an upload for its digest")
             return False
-        spool.done(sealed)
-        with self._lock:
+        with self._lock:  # counted by the time a flush, which holds this lock, sees it gone
             self._uploaded += 1
             self._uploaded_events += events
+            spool.done(sealed)
         return True
 
     def _seal_old(self, spool: Spool) -> None:
@@ -432,8 +469,7 @@ class ArchiveExporter:
             self._stopping = True
             self._give_up_at = time.monotonic()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=1.0)
+        _join_all(self._threads, 1.0)
         if flushed and not self._digests.write(self._spool):
             logger.warning("audit archive: digests not written at shutdown; kept for next start")
         logger.info("audit archive at shutdown: %s", self.stats())
@@ -493,6 +529,14 @@ def _span(first_event: AuditEvent, last_event: AuditEvent) -> ChainSpan | None:
     if first is None or last is None:
         return None
     return ChainSpan(first["stream"], first["seq"], last["seq"], last["hash"])
+
+
+def _join_all(threads: Sequence[threading.Thread], timeout: float) -> bool:
+    """Wait for every thread to end, ``timeout`` seconds in all; True if they all did."""
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return not any(thread.is_alive() for thread in threads)
 
 
 def _encode_parquet(raw: bytes) -> bytes:

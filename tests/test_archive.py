@@ -639,3 +639,101 @@ def test_a_flush_uploads_each_object_while_the_next_is_compressed(
         "org_id=org_a": 3,
         "org_id=org_b": 2,
     }
+
+
+class _GatedStore:
+    """A store whose uploads wait, up to ``wait`` seconds, until ``together`` of them are in
+    progress at once, and remember the most that ever were; ``fail_first`` uploads raise."""
+
+    description = "gated"
+
+    def __init__(self, together: int, fail_first: int = 0, wait: float = 5.0) -> None:
+        import threading
+
+        self.together = together
+        self.wait = wait
+        self.fail_first = fail_first
+        self.lock = threading.Lock()
+        self.arrived = threading.Condition(self.lock)
+        self.active = self.most = self.calls = 0
+        self.objects: dict[str, bytes] = {}
+        self.puts: dict[str, int] = {}
+
+    def put(self, key: str, body: bytes) -> None:
+        with self.lock:
+            self.calls += 1
+            if self.calls <= self.fail_first:
+                raise ConnectionError("the store is down")
+            self.active += 1
+            self.most = max(self.most, self.active)
+            self.arrived.notify_all()
+            self.arrived.wait_for(lambda: self.most >= self.together, timeout=self.wait)
+            self.active -= 1
+            self.objects[key] = body
+            self.puts[key] = self.puts.get(key, 0) + 1
+
+    def exists(self, key: str) -> bool:
+        return key in self.objects
+
+
+def test_objects_are_uploaded_several_at_once_each_exactly_once(
+    make_auditor: Callable[..., MemoryAuditor], tmp_path: Path
+) -> None:
+    store = _GatedStore(together=3)
+    archive = ArchiveExporter("x", store=store, spool_dir=tmp_path / "spool", uploads=3)
+    auditor = make_auditor(exporters=[archive])
+    for org in range(9):  # one object per organization
+        _record(auditor, 2, org=f"org_{org}")
+    assert auditor.force_flush(timeout=30)
+    assert store.most == 3  # three uploads waited for each other: they ran at once
+    data = {k: v for k, v in store.objects.items() if "/_integrity/" not in k}
+    assert len(data) == 9
+    assert set(store.puts.values()) == {1}  # no object was claimed by two uploaders
+    assert sum(len(gzip.decompress(body).splitlines()) for body in data.values()) == 18
+    assert archive.stats().uploaded_objects == 9
+    assert archive.stats().pending_objects == 0
+
+
+def test_one_uploader_stores_one_object_at_a_time(
+    make_auditor: Callable[..., MemoryAuditor], tmp_path: Path
+) -> None:
+    store = _GatedStore(together=2, wait=0.3)  # never reached: each upload waits it out
+    archive = ArchiveExporter("x", store=store, spool_dir=tmp_path / "spool", uploads=1)
+    auditor = make_auditor(exporters=[archive])
+    for org in range(4):
+        _record(auditor, 1, org=f"org_{org}")
+    assert auditor.force_flush(timeout=30)
+    assert store.most == 1
+    assert len([k for k in store.objects if "/_integrity/" not in k]) == 4
+
+
+def test_failed_uploads_are_retried_with_several_uploaders_and_counted(
+    make_auditor: Callable[..., MemoryAuditor], tmp_path: Path
+) -> None:
+    store = _GatedStore(together=1, fail_first=4)
+    archive = ArchiveExporter("x", store=store, spool_dir=tmp_path / "spool", uploads=2)
+    auditor = make_auditor(exporters=[archive])
+    for org in range(3):
+        _record(auditor, 2, org=f"org_{org}")
+    assert auditor.force_flush(timeout=30)
+    assert archive.stats().retries == 4
+    assert set(store.puts.values()) == {1}
+    assert archive.stats().uploaded_events == 6
+
+
+def test_the_number_of_uploads_comes_from_the_environment_and_is_checked(tmp_path: Path) -> None:
+    environ = {
+        "AUDIT_LOG_EXPORTERS": "archive",
+        "AUDIT_LOG_ARCHIVE_URL": str(tmp_path / "archive"),
+        "AUDIT_LOG_ARCHIVE_UPLOADS": "7",
+    }
+    auditor = Auditor(environ=environ)
+    try:
+        (archive,) = (e for e in auditor.exporters if isinstance(e, ArchiveExporter))
+        assert archive.uploads == 7
+    finally:
+        auditor.shutdown(timeout=5)
+    with pytest.raises(AuditConfigError, match="AUDIT_LOG_ARCHIVE_UPLOADS"):
+        Auditor(environ={**environ, "AUDIT_LOG_ARCHIVE_UPLOADS": "0"})
+    with pytest.raises(ValueError, match="uploads must be from 1 to 64"):
+        ArchiveExporter(str(tmp_path / "a"), uploads=65)
