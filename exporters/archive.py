@@ -51,6 +51,7 @@ GLOBAL_ORG = "_global"
 DEFAULT_UPLOADS = 4
 MAX_UPLOADS = 64
 _BACKOFF_CAP_S = 30.0
+_HURRIED_RETRY_S = 0.5  # while a flush waits, a failing store is tried this often
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +142,12 @@ class ArchiveExporter:
         self._handing_over = False
         self._spooled = self._uploaded = self._uploaded_events = 0
         self._retries = self._refused = self._adopted = 0
+        # The store's health, shared by the uploaders: consecutive failed uploads, when the
+        # next attempt may start, whether one is in progress, whether a flush is waiting.
+        self._failures = 0
+        self._retry_at = self._failed_at = 0.0
+        self._probing = False
+        self._hurry = 0  # flushes in progress
         self._seq = itertools.count(1)
         self._spool: Spool | None = None
         self._threads: list[threading.Thread] = []  # the uploaders of this process
@@ -334,10 +341,10 @@ class ArchiveExporter:
     # -- upload --------------------------------------------------------------------------------
 
     def _upload_loop(self, slot: int) -> None:
-        """One uploader: claim the oldest sealed object no other uploader has, store it, and
-        retry with jittered backoff while the store fails. Slot 0 also reads the bucket's lock
-        mode first (the others wait for it), seals segments that are old enough and writes
-        digests when due."""
+        """One uploader: claim the oldest sealed object no other uploader has and store it.
+        Slot 0 also reads the bucket's lock mode first (the others wait for it), seals segments
+        that are old enough and writes digests when due. While the store fails, the uploaders
+        share one jittered exponential backoff, and one of them at a time tries again."""
         spool = self._spool
         assert spool is not None
         if slot == 0:
@@ -347,14 +354,32 @@ class ArchiveExporter:
                 self._configured.set()
         else:
             self._configured.wait()
-        attempt = 0
         while True:
             if self._handing_over:  # another process takes this spool over (hand_over)
                 return
             if slot == 0:
                 self._seal_old(spool)
                 self._digests.maybe_write(spool)
-            sealed = spool.claim()
+            with self._lock:
+                if self._failures and self._stopping and self._give_up_at <= time.monotonic():
+                    self._idle.notify_all()
+                    return
+                wait = self._backoff_left()
+                probing = not wait and self._failures > 0
+                self._probing = self._probing or probing
+            if wait:
+                self._wake.wait(wait)
+                self._wake.clear()
+                continue
+            sealed: Sealed | None = None
+            stored = False
+            try:
+                sealed = spool.claim()
+                stored = sealed is not None and self._try_upload(spool, sealed)
+            finally:
+                if probing:
+                    with self._lock:
+                        self._probing = False
             if sealed is None:
                 with self._lock:
                     self._idle.notify_all()
@@ -362,21 +387,38 @@ class ArchiveExporter:
                         return
                 self._wake.wait(min(1.0, self.max_age))
                 self._wake.clear()
-                continue
-            if self._upload(spool, sealed):
-                attempt = 0
-                continue
-            spool.release(sealed)
-            attempt += 1
+            elif stored and probing:
+                self._wake.set()  # the store is back: every uploader resumes
+
+    def _try_upload(self, spool: Spool, sealed: Sealed) -> bool:
+        """Upload a claimed object; on failure, give it back and extend the shared backoff."""
+        if self._upload(spool, sealed):
             with self._lock:
-                self._retries += 1
-            delay = random.uniform(0, min(_BACKOFF_CAP_S, 0.2 * 2**attempt))  # noqa: S311
-            self._wake.wait(delay)
-            self._wake.clear()
-            with self._lock:
-                if self._stopping and self._give_up_at <= time.monotonic():
-                    self._idle.notify_all()
-                    return
+                self._failures, self._retry_at = 0, 0.0
+            return True
+        spool.release(sealed)
+        with self._lock:
+            self._failures += 1
+            self._retries += 1
+            now = time.monotonic()
+            cap = min(_BACKOFF_CAP_S, 0.2 * 2**self._failures)
+            self._retry_at = now + random.uniform(0, cap)  # noqa: S311
+            self._failed_at = now
+        return False
+
+    def _backoff_left(self) -> float:
+        """Seconds this uploader waits before trying the store (hold ``_lock``): none while the
+        store works; while it fails, until the shared backoff ends (during a flush, at most
+        half a second after the last failure), and while another uploader's attempt is in
+        progress, until that one ends (at most a second)."""
+        if not self._failures:
+            return 0.0
+        if self._probing:
+            return 1.0
+        retry_at = self._retry_at
+        if self._hurry:
+            retry_at = min(retry_at, self._failed_at + _HURRIED_RETRY_S)
+        return max(0.0, retry_at - time.monotonic())
 
     def _upload(self, spool: Spool, sealed: Sealed) -> bool:
         try:
@@ -452,13 +494,17 @@ class ArchiveExporter:
         spool.seal_all(lambda _: self._wake.set())  # each uploaded while the next is sealed
         deadline = time.monotonic() + (30.0 if timeout is None else timeout)
         with self._lock:
-            while spool.pending():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._wake.set()
-                self._idle.wait(min(remaining, 0.5))
-        return spool.pending() == 0
+            self._hurry += 1  # a failing store is tried again soon, not after the whole backoff
+            try:
+                while spool.pending():
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._wake.set()
+                    self._idle.wait(min(remaining, 0.5))
+            finally:
+                self._hurry -= 1
+            return spool.pending() == 0
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Flush within ``timeout``; whatever is left stays in a durable spool for next time."""

@@ -737,3 +737,56 @@ def test_the_number_of_uploads_comes_from_the_environment_and_is_checked(tmp_pat
         Auditor(environ={**environ, "AUDIT_LOG_ARCHIVE_UPLOADS": "0"})
     with pytest.raises(ValueError, match="uploads must be from 1 to 64"):
         ArchiveExporter(str(tmp_path / "a"), uploads=65)
+
+
+def test_while_the_store_fails_one_uploader_at_a_time_tries_it(
+    make_auditor: Callable[..., MemoryAuditor], tmp_path: Path
+) -> None:
+    """The uploaders share one backoff: once an upload failed, the next attempts go one at a
+    time (here each takes 20 ms, so any overlap would show), not one per uploader."""
+    import threading
+
+    class FlakyStore:
+        description = "flaky"
+
+        def __init__(self) -> None:
+            self.lock = threading.Lock()
+            self.up = False
+            self.active = self.most = self.calls = 0
+            self.puts: dict[str, int] = {}
+
+        def put(self, key: str, body: bytes) -> None:
+            with self.lock:
+                self.calls += 1
+                self.active += 1
+                self.most = max(self.most, self.active)
+            try:
+                time.sleep(0.02)
+                if not self.up:
+                    raise ConnectionError("the store is down")
+                with self.lock:
+                    self.puts[key] = self.puts.get(key, 0) + 1
+            finally:
+                with self.lock:
+                    self.active -= 1
+
+        def exists(self, key: str) -> bool:
+            return key in self.puts
+
+    store = FlakyStore()
+    archive = ArchiveExporter("x", store=store, spool_dir=tmp_path / "spool", uploads=4)
+    auditor = make_auditor(exporters=[archive])
+    _record(auditor, 1, org="org_first")  # one object: its failed upload starts the backoff
+    assert auditor.force_flush(timeout=0.5) is False
+    assert archive.stats().retries >= 1
+    for org in range(8):  # eight more objects, four uploaders, the store still down
+        _record(auditor, 1, org=f"org_{org}")
+    assert auditor.force_flush(timeout=1.5) is False
+    assert store.calls >= 2
+    assert store.most == 1
+    store.up = True
+    assert auditor.force_flush(timeout=30)
+    data = {key: n for key, n in store.puts.items() if "/_integrity/" not in key}
+    assert len(data) == 9
+    assert set(data.values()) == {1}
+    assert archive.stats().retries == store.calls - len(store.puts)
