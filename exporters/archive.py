@@ -185,6 +185,9 @@ class ArchiveExporter:
                     )
                 self._configured = threading.Event()
                 self._threads = []
+                # A new process (a fork) starts with a healthy store and no uploader of its own.
+                self._failures, self._retry_at, self._failed_at = 0, 0.0, 0.0
+                self._probing, self._hurry = False, 0
                 self._start_uploaders()
         assert self._spool is not None
         return self._spool
