@@ -26,6 +26,7 @@ import re
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -156,10 +157,24 @@ class ArchiveExporter:
         self._strict_lock = threading.Lock()  # one strict write at a time; the rest queue up
         self._strict_waiting: list[_StrictWrite] = []
         self._digests = DigestKeeper(self, signing_key, digest_interval)
+        _live_archives.add(self)
         if spool_dir is not None:
             self._ensure_started()  # replay what stopped processes left behind, right away
 
     # -- per-process start ---------------------------------------------------------------------
+
+    def _after_fork(self) -> None:
+        """In a forked child: new locks and events (a thread of the parent, an uploader say,
+        may have held one at the fork, and would never release it here), no uploaders, and
+        not the parent's spool; the child's first use starts its own (``_ensure_started``)."""
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._wake = threading.Event()
+        self._strict_lock = threading.Lock()
+        self._strict_waiting = []
+        self._configured = threading.Event()
+        self._threads = []
+        self._spool = None
 
     def _ensure_started(self) -> Spool:
         if self._pid == os.getpid() and self._spool is not None:
@@ -578,6 +593,17 @@ def _span(first_event: AuditEvent, last_event: AuditEvent) -> ChainSpan | None:
     if first is None or last is None:
         return None
     return ChainSpan(first["stream"], first["seq"], last["seq"], last["hash"])
+
+
+_live_archives: weakref.WeakSet[ArchiveExporter] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for archive in list(_live_archives):
+        archive._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _join_all(threads: Sequence[threading.Thread], timeout: float) -> bool:

@@ -790,3 +790,45 @@ def test_while_the_store_fails_one_uploader_at_a_time_tries_it(
     assert len(data) == 9
     assert set(data.values()) == {1}
     assert archive.stats().retries == store.calls - len(store.puts)
+
+
+def test_a_forked_child_never_waits_for_a_lock_a_parent_thread_held_at_the_fork(
+    tmp_path: Path,
+) -> None:
+    """gunicorn --preload: the archive is made in the master, whose uploaders take its lock
+    all the time; a worker forked at such a moment gets a fresh lock, not one never released."""
+    import threading
+
+    archive = ArchiveExporter(str(tmp_path / "archive"), spool_dir=tmp_path / "spool")
+    auditor = Auditor(exporters=[archive], environ={}, batch_interval=0.01)
+    _record(auditor, 2, org="org_a")
+    assert auditor.force_flush(timeout=10)
+    held, release = threading.Event(), threading.Event()
+
+    def hold_the_lock() -> None:  # as an uploader does, briefly
+        with archive._lock:
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold_the_lock)
+    holder.start()
+    assert held.wait(10)
+    pid = os.fork()
+    if pid == 0:  # the worker
+        code = 1
+        try:
+            _record(auditor, 3, org="org_b")
+            code = 0 if auditor.force_flush(timeout=10) else 2
+            auditor.shutdown(timeout=5)
+        finally:
+            os._exit(code)
+    release.set()
+    holder.join()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    auditor.shutdown(timeout=10)
+    objects = _local_objects(tmp_path / "archive")
+    counts: dict[str, int] = {}
+    for key, rows in objects.items():
+        counts[key.split("/")[0]] = counts.get(key.split("/")[0], 0) + len(rows)
+    assert counts == {"org_id=org_a": 2, "org_id=org_b": 3}
