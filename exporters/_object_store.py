@@ -74,6 +74,7 @@ class S3Store:
         self.retention_days = retention_days
         self.lock_mode = lock_mode
         self._client = client
+        self._own_client = client is None  # made here, lazily: made again after a fork
         self._timeout = timeout
         self._connections = max(10, connections)  # botocore's default pool size, or more
 
@@ -95,6 +96,13 @@ class S3Store:
             )
             self._client = boto3.client("s3", config=config)
         return self._client
+
+    def after_fork(self) -> None:
+        """In a forked child: forget the client this store made, whose pooled connections
+        are the parent's sockets too; the next call makes a new one. A client passed in is
+        the caller's to manage."""
+        if self._own_client:
+            self._client = None
 
     def put(self, key: str, body: bytes) -> None:
         extra: dict[str, Any] = {}

@@ -165,8 +165,9 @@ class ArchiveExporter:
 
     def _after_fork(self) -> None:
         """In a forked child: new locks and events (a thread of the parent, an uploader say,
-        may have held one at the fork, and would never release it here), no uploaders, and
-        not the parent's spool; the child's first use starts its own (``_ensure_started``)."""
+        may have held one at the fork, and would never release it here), no uploaders, not
+        the parent's spool (the child's first use starts its own, ``_ensure_started``), and
+        not the S3 client the store made, whose pooled connections are the parent's sockets."""
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._wake = threading.Event()
@@ -175,6 +176,8 @@ class ArchiveExporter:
         self._configured = threading.Event()
         self._threads = []
         self._spool = None
+        if isinstance(self.store, S3Store):
+            self.store.after_fork()
 
     def _ensure_started(self) -> Spool:
         if self._pid == os.getpid() and self._spool is not None:

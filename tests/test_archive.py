@@ -18,6 +18,7 @@ import pytest
 
 from audit_middleware import AuditConfigError, Auditor, ExportResult, Target
 from exporters import InMemoryExporter
+from exporters._object_store import S3Store
 from exporters.archive import GLOBAL_ORG, ArchiveExporter
 from tests.conftest import MemoryAuditor
 from tests.s3_server import S3Endpoint
@@ -832,3 +833,27 @@ def test_a_forked_child_never_waits_for_a_lock_a_parent_thread_held_at_the_fork(
     for key, rows in objects.items():
         counts[key.split("/")[0]] = counts.get(key.split("/")[0], 0) + len(rows)
     assert counts == {"org_id=org_a": 2, "org_id=org_b": 3}
+
+
+def test_a_forked_child_makes_its_own_s3_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The client's pooled keep-alive connections are sockets the parent shares after a fork:
+    a child that sent requests on them would read the parent's responses."""
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    own = ArchiveExporter(f"s3://{BUCKET}/own")
+    own_store = own.store
+    assert isinstance(own_store, S3Store)
+    parents_client = own_store.client  # made here, in the parent
+    given = ArchiveExporter(f"s3://{BUCKET}/given", s3_client=parents_client)
+    given_store = given.store
+    assert isinstance(given_store, S3Store)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            fresh = own_store.client
+            code = 0 if fresh is not parents_client and given_store.client is parents_client else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert own_store.client is parents_client  # the parent keeps its own
