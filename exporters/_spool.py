@@ -476,11 +476,6 @@ class Spool:
 
     # -- uploading -----------------------------------------------------------------------------
 
-    def next_sealed(self) -> Sealed | None:
-        """The next object to upload; None when there is none, or once closed."""
-        with self._lock:
-            return self._sealed[0] if self._sealed and not self._closed else None
-
     def claim(self) -> Sealed | None:
         """The oldest object no uploader has claimed, now claimed by the caller, who then
         calls :meth:`done` once it is stored or :meth:`release` if it was not; None when

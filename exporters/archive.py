@@ -166,8 +166,9 @@ class ArchiveExporter:
     def _after_fork(self) -> None:
         """In a forked child: new locks and events (a thread of the parent, an uploader say,
         may have held one at the fork, and would never release it here), no uploaders, not
-        the parent's spool (the child's first use starts its own, ``_ensure_started``), and
-        not the S3 client the store made, whose pooled connections are the parent's sockets."""
+        the parent's spool (the child's first use starts its own, ``_ensure_started``), a
+        healthy store (no backoff, probe or flush of the parent's), and not the S3 client the
+        store made, whose pooled connections are the parent's sockets."""
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._wake = threading.Event()
@@ -176,6 +177,8 @@ class ArchiveExporter:
         self._configured = threading.Event()
         self._threads = []
         self._spool = None
+        self._failures, self._retry_at, self._failed_at = 0, 0.0, 0.0
+        self._probing, self._hurry = False, 0
         if isinstance(self.store, S3Store):
             self.store.after_fork()
 
@@ -201,11 +204,6 @@ class ArchiveExporter:
                         "audit archive: adopted %d spooled files of stopped processes",
                         self._adopted,
                     )
-                self._configured = threading.Event()
-                self._threads = []
-                # A new process (a fork) starts with a healthy store and no uploader of its own.
-                self._failures, self._retry_at, self._failed_at = 0, 0.0, 0.0
-                self._probing, self._hurry = False, 0
                 self._start_uploaders()
         assert self._spool is not None
         return self._spool

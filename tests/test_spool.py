@@ -180,7 +180,7 @@ def test_a_closed_spool_never_touches_a_descriptor_it_closed(
         assert spool.seal("org_a") is None
         assert spool.seal_all() == []
         assert spool.open_segments() == []
-        assert spool.next_sealed() is None
+        assert spool.claim() is None
         with pytest.raises(SpoolClosed):
             spool.append("org_a", _key("org_a"), _lines("late", 1), now=0.0)
     finally:
@@ -244,7 +244,7 @@ def test_sealed_objects_are_uploaded_while_another_segment_is_compressed(
     assert encode.started.wait(10)
     # While org_b is compressed, the uploader's calls go through and org_b counts as pending.
     assert spool.pending() == 2
-    assert spool.next_sealed() is first
+    assert spool.claim() is first
     spool.done(first)
     assert spool.pending() == 1
     encode.go.set()
