@@ -224,24 +224,26 @@ class _BlockingEncode:
         return raw
 
 
-def _seal_in_thread(spool: Spool, partition: str) -> tuple[threading.Thread, list[object]]:
+def _seal_b_blocked(spool: Spool) -> tuple[_BlockingEncode, threading.Thread, list[object]]:
+    """Append three lines to org_b and seal them in another thread, whose compression has
+    started, and blocks, by the time this returns."""
+    spool.encode = encode = _BlockingEncode(b'"b-')
+    spool.append("org_b", _key("org_b"), _lines("b", 3), now=0.0)
     result: list[object] = []
-    thread = threading.Thread(target=lambda: result.append(spool.seal(partition)))
+    thread = threading.Thread(target=lambda: result.append(spool.seal("org_b")))
     thread.start()
-    return thread, result
+    assert encode.started.wait(10)
+    return encode, thread, result
 
 
 def test_sealed_objects_are_uploaded_while_another_segment_is_compressed(
     spools: Callable[..., Spool],
 ) -> None:
     spool = spools()
-    spool.encode = encode = _BlockingEncode(b'"b-')
     spool.append("org_a", _key("org_a"), _lines("a", 2), now=0.0)
-    spool.append("org_b", _key("org_b"), _lines("b", 3), now=0.0)
     first = spool.seal("org_a")
     assert first is not None
-    thread, result = _seal_in_thread(spool, "org_b")
-    assert encode.started.wait(10)
+    encode, thread, result = _seal_b_blocked(spool)
     # While org_b is compressed, the uploader's calls go through and org_b counts as pending.
     assert spool.pending() == 2
     assert spool.claim() is first
@@ -259,10 +261,7 @@ def test_a_spool_closed_while_a_segment_is_compressed_keeps_it_for_adoption(
     spools: Callable[..., Spool],
 ) -> None:
     spool = spools()
-    spool.encode = encode = _BlockingEncode(b'"b-')
-    spool.append("org_b", _key("org_b"), _lines("b", 3), now=0.0)
-    thread, result = _seal_in_thread(spool, "org_b")
-    assert encode.started.wait(10)
+    encode, thread, result = _seal_b_blocked(spool)
     spool.close()  # a shutdown's deadline passing mid-seal
     encode.go.set()
     thread.join(10)
