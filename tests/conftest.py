@@ -205,3 +205,12 @@ def s3(endpoint: S3Endpoint, module_client: Any) -> Any:
     """A client for an endpoint with no buckets."""
     endpoint.reset()
     return module_client
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll ``condition`` until it holds; AssertionError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.01)

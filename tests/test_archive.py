@@ -20,7 +20,7 @@ from audit_middleware import AuditConfigError, Auditor, ExportResult, Target
 from exporters import InMemoryExporter
 from exporters._object_store import S3Store
 from exporters.archive import GLOBAL_ORG, ArchiveExporter
-from tests.conftest import MemoryAuditor
+from tests.conftest import MemoryAuditor, wait_until
 from tests.s3_server import S3Endpoint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -648,7 +648,7 @@ class _GatedStore:
 
     description = "gated"
 
-    def __init__(self, together: int, fail_first: int = 0, wait: float = 5.0) -> None:
+    def __init__(self, together: int, fail_first: int = 0, wait: float = 10.0) -> None:
         import threading
 
         self.together = together
@@ -779,11 +779,11 @@ def test_while_the_store_fails_one_uploader_at_a_time_tries_it(
     auditor = make_auditor(exporters=[archive])
     _record(auditor, 1, org="org_first")  # one object: its failed upload starts the backoff
     assert auditor.force_flush(timeout=0.5) is False
-    assert archive.stats().retries >= 1
+    wait_until(lambda: archive.stats().retries >= 1)
     for org in range(8):  # eight more objects, four uploaders, the store still down
         _record(auditor, 1, org=f"org_{org}")
     assert auditor.force_flush(timeout=1.5) is False
-    assert store.calls >= 2
+    wait_until(lambda: store.calls >= 3, timeout=30)  # attempts go on, with the backoff
     assert store.most == 1
     store.up = True
     assert auditor.force_flush(timeout=30)

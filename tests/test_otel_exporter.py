@@ -40,7 +40,7 @@ from audit_middleware import (
     set_actor,
 )
 from exporters import InMemoryExporter
-from tests.conftest import serve
+from tests.conftest import serve, wait_until
 
 try:
     import grpc
@@ -219,14 +219,6 @@ def audited() -> Iterator[Callable[..., tuple[AuditMiddleware, InMemoryExporter]
     yield make
     for wrapped in made:
         wrapped.auditor.shutdown(timeout=2.0)
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
 
 
 def receiver_for(transport: str) -> Receiver:
