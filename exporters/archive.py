@@ -136,26 +136,13 @@ class ArchiveExporter:
         self._spool_dir = spool_dir
         self._spool_max_bytes = spool_max_bytes
         self._pid = -1
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._idle = threading.Condition(self._lock)
         self._stopping = False
         self._handing_over = False
         self._spooled = self._uploaded = self._uploaded_events = 0
         self._retries = self._refused = self._adopted = 0
-        # The store's health, shared by the uploaders: consecutive failed uploads, when the
-        # next attempt may start, whether one is in progress, whether a flush is waiting.
-        self._failures = 0
-        self._retry_at = self._failed_at = 0.0
-        self._probing = False
-        self._hurry = 0  # flushes in progress
         self._seq = itertools.count(1)
-        self._spool: Spool | None = None
-        self._threads: list[threading.Thread] = []  # the uploaders of this process
-        self._configured = threading.Event()  # the first uploader read the bucket's lock mode
         self._written_through: dict[str, None] = {}
-        self._strict_lock = threading.Lock()  # one strict write at a time; the rest queue up
-        self._strict_waiting: list[_StrictWrite] = []
+        self._process_state()
         self._digests = DigestKeeper(self, signing_key, digest_interval)
         _live_archives.add(self)
         if spool_dir is not None:
@@ -163,22 +150,30 @@ class ArchiveExporter:
 
     # -- per-process start ---------------------------------------------------------------------
 
-    def _after_fork(self) -> None:
-        """In a forked child: new locks and events (a thread of the parent, an uploader say,
-        may have held one at the fork, and would never release it here), no uploaders, not
-        the parent's spool (the child's first use starts its own, ``_ensure_started``), a
-        healthy store (no backoff, probe or flush of the parent's), and not the S3 client the
-        store made, whose pooled connections are the parent's sockets."""
+    def _process_state(self) -> None:
+        """What belongs to one process: locks and events, the uploaders, the spool (started on
+        first use, ``_ensure_started``) and the store's health as the uploaders share it."""
         self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
         self._wake = threading.Event()
-        self._strict_lock = threading.Lock()
-        self._strict_waiting = []
-        self._configured = threading.Event()
-        self._threads = []
-        self._spool = None
-        self._failures, self._retry_at, self._failed_at = 0, 0.0, 0.0
-        self._probing, self._hurry = False, 0
+        self._idle = threading.Condition(self._lock)
+        self._strict_lock = threading.Lock()  # one strict write at a time; the rest queue up
+        self._strict_waiting: list[_StrictWrite] = []
+        self._configured = threading.Event()  # the first uploader read the bucket's lock mode
+        self._threads: list[threading.Thread] = []  # the uploaders of this process
+        self._spool: Spool | None = None
+        # Consecutive failed uploads, when the next attempt may start, whether one is in
+        # progress, how many flushes are waiting.
+        self._failures = 0
+        self._retry_at = self._failed_at = 0.0
+        self._probing = False
+        self._hurry = 0
+
+    def _after_fork(self) -> None:
+        """In a forked child: a new :meth:`_process_state` (a thread of the parent, an uploader
+        say, may have held a lock at the fork, and would never release it here; the parent's
+        spool and backoff are not the child's), and not the S3 client the store made, whose
+        pooled connections are the parent's sockets."""
+        self._process_state()
         if isinstance(self.store, S3Store):
             self.store.after_fork()
 
@@ -385,7 +380,8 @@ class ArchiveExporter:
                     return
                 wait = self._backoff_left()
                 probing = not wait and self._failures > 0
-                self._probing = self._probing or probing
+                if probing:  # _backoff_left: no other uploader is probing
+                    self._probing = True
             if wait:
                 self._wake.wait(wait)
                 self._wake.clear()
