@@ -19,6 +19,7 @@ Variants (names can be combined with modifiers, e.g. ``audit-nogc``):
 * ``queued``: audit, events are queued and drained, but nothing is built or exported;
 * ``-nogc``: the garbage collector off in the server; ``-gc<n>``: its youngest generation
   collected every ``n`` net allocations instead of 700; ``-sw<ms>``: interpreter switch interval;
+* ``-pin``: the server process (all its threads) pinned to one CPU, the load generator free;
 * ``-b<n>``: pipeline batch size; ``-noint``: without the integrity chain;
 * ``-arch``: an archive exporter (local directory, disk spool) beside the log exporter;
 * ``-proc``: process delivery (``AUDIT_LOG_DELIVERY=process``); the CPU column then adds the
@@ -64,6 +65,8 @@ DEFAULT_VARIANTS = ("bare", "path", "audit", "audit-lb0")
 
 def serve(variant: str, conn: Connection) -> None:
     """Child process: serve one variant on a free loopback port until terminated."""
+    if "-pin" in variant:  # every thread of the server on the first CPU
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     ob.INTEGRITY[0] = "-noint" not in variant
     ob.DELIVERY[0] = "process" if "-proc" in variant else "thread"
     if "-arch" in variant:
