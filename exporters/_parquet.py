@@ -72,6 +72,7 @@ __all__ = [
     "decode_parquet",
     "encode_parquet",
     "events_from_table",
+    "write_table",
 ]
 
 INSTALL_HINT: Final = "Parquet archives need pyarrow: pip install 'audit-log-middleware[parquet]'"
@@ -401,11 +402,18 @@ def encode_parquet(jsonl: bytes) -> bytes:
     JSON Schema, such as patterns and lengths, are not checked, except the format of
     ``occurred_at``.
     """
-    pa, pq = _pyarrow()
+    pa, _ = _pyarrow()
     schema = arrow_schema()
     table = _fast_table(pa, schema, jsonl)
     if table is None:  # the checking path: the same table, or the line that is wrong
         table = _checked_table(pa, schema, jsonl)
+    return write_table(table)
+
+
+def write_table(table: Any) -> bytes:
+    """The Parquet bytes of a table of :func:`arrow_schema` whose rows are sorted by
+    ``SORT_COLUMNS``, with the file layout described above (zstd, statistics, page index)."""
+    pa, pq = _pyarrow()
     row_group_rows = table.num_rows
     if table.nbytes > _MAX_ROW_GROUP_BYTES:
         row_group_rows = max(1, table.num_rows * _MAX_ROW_GROUP_BYTES // table.nbytes)
@@ -423,7 +431,7 @@ def encode_parquet(jsonl: bytes) -> bytes:
         write_page_index=True,
         data_page_size=_DATA_PAGE_BYTES,
         sorting_columns=pq.SortingColumn.from_ordering(
-            schema, [(name, "ascending") for name in SORT_COLUMNS]
+            table.schema, [(name, "ascending") for name in SORT_COLUMNS]
         ),
     )
     body: bytes = sink.getvalue().to_pybytes()
