@@ -44,7 +44,7 @@ PURE_TESTS := tests/test_build.py tests/test_lines.py tests/test_integrity_chain
 	tests/test_event_schema.py tests/test_loop_build.py tests/test_wsgi_middleware.py \
 	tests/test_pipeline.py tests/test_log_exporter.py tests/test_rules.py tests/test_jwt.py \
 	tests/test_testing_helper.py tests/test_trace_context.py tests/test_delivery_process.py \
-	tests/test_partition.py tests/test_spool.py tests/test_sanitize.py
+	tests/test_partition.py tests/test_spool.py tests/test_sanitize.py tests/test_parquet.py
 
 unit-pure: $(STAMP)
 	AUDIT_LOG_PURE_PYTHON=1 $(BIN)/pytest -q $(PURE_TESTS)

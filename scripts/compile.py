@@ -3,7 +3,7 @@
 The compiled build runs the same source as the pure-Python one, about a fifth fewer
 instructions per audited request (``benchmarks/instructions.py``). It is optional: without a C
 compiler this prints why and leaves the pure-Python modules in charge. An extension module
-shadows the ``.py`` beside it, so a compiled module older than any source of the package is
+shadows the ``.py`` beside it, so a compiled module older than any source of the packages is
 stale: ``--check`` reports that, and ``make`` rebuilds. ``AUDIT_LOG_PURE_PYTHON=1`` runs the
 pure-Python modules even where compiled ones exist.
 
@@ -27,8 +27,9 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# The modules every audited request runs through, in the request and in the dispatcher. The
-# event model (_event.py) stays interpreted: compiled classes cannot be pickled or subclassed.
+# The modules every audited request runs through, in the request and in the dispatcher, and the
+# archive's Parquet reader of a segment's lines. The event model (_event.py) stays interpreted:
+# compiled classes cannot be pickled or subclassed.
 HOT_MODULES = (
     "audit_middleware/_asgi.py",
     "audit_middleware/_builder.py",
@@ -41,8 +42,10 @@ HOT_MODULES = (
     "audit_middleware/_wire.py",
     "audit_middleware/integrity/_document.py",
     "audit_middleware/integrity/_seal.py",
+    "exporters/_parquet_columns.py",
 )
 GROUP = "audit_middleware_hot"
+_PACKAGES = ("audit_middleware", "exporters")
 _SUFFIX = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
 
 
@@ -53,17 +56,15 @@ def compiled_path(source: str) -> Path:
 
 def _compiled_files() -> list[Path]:
     """Every compiled module in the packages, and the library they share."""
-    found = [
-        p for package in ("audit_middleware", "exporters") for p in (ROOT / package).rglob("*.so")
-    ]
+    found = [p for package in _PACKAGES for p in (ROOT / package).rglob("*.so")]
     return [*found, *ROOT.glob(f"{GROUP}__mypyc*.so")]
 
 
 def stale() -> list[str]:
     """Compiled modules that may not match the sources: not a hot module's, or older than any
-    module of the package (compiled code relies on the types it imports, such as the event's
+    module of the packages (compiled code relies on the types it imports, such as the event's
     named tuples, not only on its own source)."""
-    newest = max(p.stat().st_mtime for p in (ROOT / "audit_middleware").rglob("*.py"))
+    newest = max(p.stat().st_mtime for package in _PACKAGES for p in (ROOT / package).rglob("*.py"))
     hot = {compiled_path(m) for m in HOT_MODULES}
     return [
         str(path.relative_to(ROOT))

@@ -27,6 +27,7 @@ from audit_middleware._partition import group_by_partition
 from audit_middleware.integrity._chain import ChainHead, EventChain
 from audit_middleware.integrity._document import canonical_json
 from exporters import InMemoryExporter
+from exporters._parquet_columns import NotVouched, columns
 
 HOT = (
     "audit_middleware._asgi",
@@ -40,6 +41,7 @@ HOT = (
     "audit_middleware._wire",
     "audit_middleware.integrity._document",
     "audit_middleware.integrity._seal",
+    "exporters._parquet_columns",
 )
 
 
@@ -115,15 +117,26 @@ def middleware_events() -> list[dict[str, Any]]:
     return out
 
 
+def parquet_columns(lines: list[bytes]) -> list[list[Any]] | str:
+    """The Parquet fast path's columns of ``lines``, or why it did not vouch for them."""
+    try:
+        return columns([line.rstrip(b"\n") for line in lines])
+    except NotVouched:
+        return "not vouched"
+
+
 def main() -> None:
     chain = EventChain(lambda: ChainHead("probe-stream"))
     sealed = chain.seal(fixed_events())
+    lines = sealed.lines or []
     report = {
         "compiled": list(compiled_modules()),
         "files": {name: sys.modules[name].__file__ for name in HOT if name in sys.modules},
         "canonical": [canonical_json(e, {"prev": "p", "seq": 1, "stream": "s"}).decode()
                       for e in fixed_events()],
-        "lines": [line.decode() for line in sealed.lines or []],
+        "lines": [line.decode() for line in lines],
+        "parquet": parquet_columns(lines),
+        "parquet_unvouched": parquet_columns([b'{"id": 1}']),
         "middleware": middleware_events(),
         "partitions": [
             [list(map(str, key)), [e.id for e in events], [line.decode() for line in lines]]

@@ -65,9 +65,11 @@ def test_the_compiled_build_runs_where_a_compiler_built_it(default: dict[str, An
 
 
 def test_both_builds_produce_identical_bytes(pure: dict[str, Any], default: dict[str, Any]) -> None:
-    for part in ("canonical", "lines", "middleware", "partitions"):
+    for part in ("canonical", "lines", "middleware", "partitions", "parquet"):
         assert default[part] == pure[part], part
     assert len(pure["lines"]) == 3
+    assert len(pure["parquet"][0]) == 3  # the Parquet fast path read every line
+    assert pure["parquet_unvouched"] == default["parquet_unvouched"] == "not vouched"
     # the sealed events, reversed, grouped by org and day: each group back in chain order
     assert [(key, ids) for key, ids, _ in pure["partitions"]] == [
         (["None", "2026-11-27"], ["e1", "e3"]),
@@ -106,6 +108,12 @@ def test_stale_compiled_modules_are_reported(
     os.utime(event, (3_000_000_000, 3_000_000_000))  # the event model changed after compiling
     assert len(compile_script.stale()) == len(compile_script.HOT_MODULES)
     os.utime(event, (1_000, 1_000))
+
+    plan = tmp_path / "exporters" / "_parquet.py"  # the Parquet reader's plan, in exporters
+    plan.write_text("")
+    os.utime(plan, (3_000_000_000, 3_000_000_000))
+    assert len(compile_script.stale()) == len(compile_script.HOT_MODULES)
+    os.utime(plan, (1_000, 1_000))
 
     orphan = tmp_path / "audit_middleware" / f"_gone{compile_script._SUFFIX}"
     orphan.write_bytes(b"")
