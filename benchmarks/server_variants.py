@@ -214,6 +214,14 @@ async def split_without_threads(rounds: int, n: int) -> tuple[float, float]:
     return statistics.median(path_us), statistics.median(total_us)
 
 
+def quartiles(values: Sequence[float]) -> tuple[float, float]:
+    """The first and third quartiles of ``values`` (both the value itself for one round)."""
+    if len(values) < 2:
+        return values[0], values[0]
+    q1, _, q3 = statistics.quantiles(values, n=4)
+    return q1, q3
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the variants and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
@@ -233,21 +241,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = asyncio.run(measure(variants, args.rounds))
     bare = results["bare"]
     print(
-        f"{'variant':<16}{'req/s':>8}{'÷ bare':>8}{'server CPU µs/req':>20}{'added':>8}"
-        f"{'of it, delivery process':>25}"
+        f"{'variant':<16}{'req/s':>8}{'÷ bare':>8}{'quartiles':>12}{'server CPU µs/req':>20}"
+        f"{'added':>8}{'of it, delivery process':>25}"
     )
     for name in variants:
         rows = results[name]
         # Paired with the bare run of the same round: the host's speed drifts between rounds.
-        ratio = statistics.median(r / b for (r, _, _), (b, _, _) in zip(rows, bare, strict=True))
+        ratios = [r / b for (r, _, _), (b, _, _) in zip(rows, bare, strict=True)]
+        ratio = statistics.median(ratios)
+        spread = "-" if name == "bare" else "{:.2f}-{:.2f}".format(*quartiles(ratios))
         added = statistics.median(c - b for (_, c, _), (_, b, _) in zip(rows, bare, strict=True))
         rps = statistics.median(r for r, _, _ in rows)
         cpu = statistics.median(c for _, c, _ in rows)
         child = statistics.median(d for _, _, d in rows)
         shown = "-" if name == "bare" else f"{added:+.0f}"
         of_child = f"{child:.1f}" if "-proc" in name else "-"
-        print(f"{name:<16}{rps:>8.0f}{ratio:>8.2f}{cpu:>20.1f}{shown:>8}{of_child:>25}")
-    print("÷ bare and added: medians over rounds of the variant against that round's bare run")
+        print(f"{name:<16}{rps:>8.0f}{ratio:>8.2f}{spread:>12}{cpu:>20.1f}{shown:>8}{of_child:>25}")
+    print("÷ bare and added: medians over rounds of the variant against that round's bare run;")
+    print("quartiles: the middle half of those rounds' ratios (the host's noise, round to round)")
     return 0
 
 
