@@ -4,8 +4,8 @@ A diagnostic for the HTTP ratio of ``benchmarks/overhead.py`` (not a target of i
 variant is the hello-world app of that benchmark served by uvicorn in its own process, loaded
 with the same bounded generator; the variants run interleaved, round by round. It prints, per
 variant, the median requests/s and the server process's CPU per request (every thread, from
-``/proc/<pid>/stat``), and, paired round by round with ``bare``, the throughput ratio and the
-CPU added.
+``/proc/<pid>/stat``), and, paired round by round with ``bare``, the throughput ratio (median
+and quartiles: this host's rounds spread widely) and the CPU added.
 
 Variants (names can be combined with modifiers, e.g. ``audit-nogc``):
 
